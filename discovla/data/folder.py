@@ -1,0 +1,60 @@
+"""The ``folder`` dataset: ``<root>/videos/<video_id>.<ext>`` plus ``<root>/captions.csv``.
+
+``captions.csv`` has a header and columns ``video_id, caption, split`` (split in train/val/test); a video
+has one row per caption. A video id listed in the CSV whose file is missing is kept (the frames stage
+records it as skipped, with the reason), so that nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from discovla.data import SPLITS, DatasetError, VideoDataset, register
+
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+
+def _find_video(videos_dir: Path, video_id: str, index: dict[str, Path]) -> Path:
+    return index.get(video_id, videos_dir / f"{video_id}.mp4")
+
+
+def read_folder(root: Path, name: str = "folder") -> VideoDataset:
+    root = Path(root)
+    csv = root / "captions.csv"
+    if not csv.exists():
+        raise DatasetError(
+            f"{csv} not found: a folder dataset needs videos/ and captions.csv (video_id, caption, split)"
+        )
+    df = pd.read_csv(csv, dtype={"video_id": str, "caption": str, "split": str}, keep_default_na=False)
+    missing = {"video_id", "caption", "split"} - set(df.columns)
+    if missing:
+        raise DatasetError(f"{csv}: missing column(s) {', '.join(sorted(missing))}")
+    bad = sorted(set(df.split) - set(SPLITS))
+    if bad:
+        raise DatasetError(f"{csv}: split must be one of {', '.join(SPLITS)}, got {bad[0]!r}")
+    splits = df.groupby("video_id", sort=False).split.nunique()
+    if (splits > 1).any():
+        raise DatasetError(f"{csv}: video {splits[splits > 1].index[0]!r} appears in several splits")
+    videos_dir = root / "videos"
+    index = {}
+    if videos_dir.is_dir():
+        for p in videos_dir.iterdir():
+            if p.suffix.lower() in VIDEO_EXTS:
+                index.setdefault(p.stem, p)
+    videos = df.drop_duplicates("video_id")[["video_id", "split"]].reset_index(drop=True)
+    videos.insert(1, "path", [str(_find_video(videos_dir, v, index)) for v in videos.video_id])
+    captions = df[["video_id", "caption", "split"]].reset_index(drop=True)
+    captions.insert(0, "caption_id", range(len(captions)))
+    return VideoDataset(name, root, videos, captions)
+
+
+@register("folder")
+def _folder(root: Path) -> VideoDataset:
+    return read_folder(root, "folder")
+
+
+@register("shapes")
+def _shapes(root: Path) -> VideoDataset:
+    return read_folder(root, "shapes")
