@@ -226,13 +226,13 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate ``params.yaml``. Raises :class:`ParamsError` with a one-line message."""
     path = Path(path)
     if not path.exists():
-        raise ParamsError(f"{path}: file not found (run from the repository root)")
+        raise ParamsError("file not found (run from the repository root)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ParamsError(f"{path}:{where} is not valid YAML") from None
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ParamsError(f"{where}is not valid YAML") from None
     return params_from_dict(raw)
 
 
