@@ -1,0 +1,545 @@
+"""Frame sampling with ffmpeg, and the ``frames`` stage (Parquet shards of sampled frames).
+
+:func:`sample_frames` decodes a video in ONE ffmpeg pass (no ffprobe): the first video stream (attached
+cover pictures excluded) goes through ``scale`` (shorter side to ``size``, bicubic) -> centre ``crop`` to
+``size x size`` -> ``showinfo``, and out as raw RGB24 on a pipe. ``showinfo`` prints each frame's integer
+pts and the stream time base on stderr, so the timing is exact.
+
+Sampling rule. Frame ``k`` is on display from its pts until the next frame's pts (the last frame for its
+own duration). With ``start`` the first pts and ``span = last pts - start + one frame duration``, the F
+target times are the centres of F equal segments of ``[start, start + span]``, and sample ``i`` is the
+frame on display at target ``i`` (equivalently the frame whose display interval centre is nearest).
+The arithmetic is done in exact fractions of the time base, so there are no float ties. A video with
+fewer decodable frames than F repeats frames (``repeated=True``); a 1-frame video repeats it F times.
+For a constant-rate video the rule is symmetric under time reversal whenever no target falls exactly on
+a frame boundary (e.g. 20 frames and F = 8), so a video and its reversal get the same frame set.
+
+Memory: all decoded frames are held at the target size (``size*size*3`` bytes each; a 30 s, 30 fps clip
+at 224 px is about 135 MB). ``max_fps`` pre-thins long clips before scaling with ffmpeg's ``select``
+filter, which keeps the frames' real pts (unlike ``fps=``, which retimes onto a grid): a second
+``showinfo`` before the thinning still sees every decoded frame, so ``source_frames`` and ``duration``
+stay exact; each sample is then the kept frame nearest to the frame the rule above picks.
+
+Errors raise :class:`VideoError` with a short, stable ``reason``: ``missing file``, ``empty file``,
+``unreadable file``, ``not a video: <ffmpeg's message>`` (also a truncated mp4 whose moov atom is gone),
+``no video stream`` (e.g. audio only), ``no decodable frames``, ``too many decode errors`` (ffmpeg gives up
+when over 2/3 of the packets fail), ``ffmpeg timed out``, ``ffmpeg failed: <first meaningful stderr
+line>``. A truncated file that still decodes some frames without tripping ffmpeg's error-rate limit is
+sampled from its decodable part (``source_frames`` and ``duration`` show how much was left).
+
+:func:`extract_frames` runs the sampler over a dataset's videos in parallel and writes the ``frames``
+stage output described in ``docs/formats.md``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from discovla.ffmpeg import ffmpeg_exe
+from discovla.io import atomic_dir, write_parquet
+
+# Bump when the sampling or the part-file layout changes, so that stale resume parts are never reused.
+_ALGO_VERSION = 1
+_PNG_LEVEL = 6
+_FRAMES_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("frame", pa.int32()),
+        ("timestamp", pa.float64()),
+        ("image", pa.binary()),
+    ]
+)
+_VIDEOS_COLUMNS = ["video_id", "split", "source_frames", "duration", "repeated"]
+_SKIPPED_COLUMNS = ["video_id", "path", "reason"]
+
+
+class VideoError(Exception):
+    """A video that cannot be sampled; ``reason`` is short and stable (see the module docstring)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SampledVideo:
+    """F frames sampled from one video.
+
+    ``frames``: uint8 ``[F, size, size, 3]`` RGB. ``timestamps``: float64 ``[F]``, the real pts (seconds) of
+    the chosen frames. ``indices``: int64 ``[F]``, which decoded frame (0-based, presentation order) each
+    sample is. ``source_frames``: number of decodable frames. ``duration``: seconds covered by them
+    (last pts - first pts + one frame duration). ``repeated``: some decoded frame was used twice.
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    indices: np.ndarray
+    source_frames: int
+    duration: float
+    repeated: bool
+
+
+# --------------------------------------------------------------------------------------------- ffmpeg I/O
+
+_PREFIX_RE = re.compile(r"^(?:\[[^\]]*@ 0x[0-9a-fA-F]+\]\s*)+")
+_SHOWINFO_RE = re.compile(r"^\[Parsed_showinfo_(\d+) @ [^\]]*\]\s*(.*)$")
+_FRAME_RE = re.compile(r"^n:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:\S+(?:\s+duration:\s*(\S+))?")
+_CONFIG_RE = re.compile(r"^config in time_base:\s*(\d+)/(\d+), frame_rate:\s*(\d+)/(\d+)")
+_ERROR_WORDS = re.compile(r"error|invalid|fail|cannot|unable|not found|no such|denied|corrupt", re.I)
+
+
+@dataclass
+class _Stream:
+    """What one ``showinfo`` instance saw: time base, frame rate, per-frame pts and durations."""
+
+    time_base: Fraction | None = None
+    frame_rate: Fraction | None = None
+    pts: list[int | None] = field(default_factory=list)
+    durations: list[int] = field(default_factory=list)
+
+
+def _parse_showinfo(stderr: str) -> dict[int, _Stream]:
+    """Group showinfo lines of stderr by filter instance number."""
+    streams: dict[int, _Stream] = {}
+    for line in stderr.splitlines():
+        m = _SHOWINFO_RE.match(line)
+        if not m:
+            continue
+        info = streams.setdefault(int(m.group(1)), _Stream())
+        body = m.group(2)
+        if fm := _FRAME_RE.match(body):
+            info.pts.append(None if fm.group(2) == "NOPTS" else int(fm.group(2)))
+            dur = fm.group(3) or ""  # older ffmpeg prints no duration: then the median pts step is used
+            info.durations.append(int(dur) if dur.lstrip("-").isdigit() else 0)
+        elif (cm := _CONFIG_RE.match(body)) and info.time_base is None:
+            num, den, rn, rd = (int(g) for g in cm.groups())
+            info.time_base = Fraction(num, den) if den else None
+            info.frame_rate = Fraction(rn, rd) if rd and rn else None
+    return streams
+
+
+def _clean(line: str) -> str:
+    """Strip ffmpeg's ``[name @ 0xADDR]`` prefix (addresses change every run)."""
+    return _PREFIX_RE.sub("", line.strip()).strip()
+
+
+def _classify_failure(stderr: str, frames_decoded: int) -> str:
+    """Turn a failed ffmpeg run's stderr into a stable reason."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(" ")]
+    if any("matches no streams" in ln for ln in lines):
+        return "no video stream"
+    open_at = next((i for i, ln in enumerate(lines) if "Error opening input:" in ln), None)
+    if open_at is not None:
+        message = _clean(lines[open_at]).split("Error opening input:", 1)[1].strip()
+        if "Permission denied" in message:
+            return "unreadable file"
+        if "No such file" in message:
+            return "missing file"
+        demuxer = [ln for ln in lines[:open_at] if ln.startswith("[in#")]
+        details = [_clean(ln) for ln in demuxer if "misdetection possible" not in ln]
+        return f"not a video: {details[0] if details else message}"
+    if frames_decoded == 0:
+        return "no decodable frames"
+    if any("Decode error rate" in ln for ln in lines):
+        return "too many decode errors"
+    meaningful = [_clean(ln) for ln in lines if _ERROR_WORDS.search(ln)]
+    detail = meaningful[0] if meaningful else (_clean(lines[-1]) if lines else "no output")
+    return f"ffmpeg failed: {detail}"
+
+
+def _build_command(path: str, size: int, max_fps: float | None, threads: int) -> Any:
+    stream = ffmpeg.input(path, threads=threads)["V:0"]
+    if max_fps is not None:
+        gap = 1.0 / max_fps - 1e-6  # epsilon: ffmpeg's float t differences are not exact
+        stream = stream.filter("showinfo").filter(
+            "select", f"isnan(prev_selected_t)+gte(t-prev_selected_t,{gap:.9f})"
+        )
+    stream = (
+        stream.filter("scale", w=size, h=size, force_original_aspect_ratio="increase", flags="bicubic")
+        .filter("crop", size, size)
+        .filter("showinfo")
+    )
+    return stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+
+
+def _run_ffmpeg(
+    path: str, size: int, max_fps: float | None, threads: int, timeout: float
+) -> tuple[bytes, str]:
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-filter_threads", str(threads)]
+    proc = _build_command(path, size, max_fps, threads).run_async(cmd=cmd, pipe_stdout=True, pipe_stderr=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise VideoError("ffmpeg timed out") from None
+    stderr = err.decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        decoded = max((len(v.pts) for v in _parse_showinfo(stderr).values()), default=0)
+        raise VideoError(_classify_failure(stderr, decoded))
+    return out, stderr
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+def _timeline(info: _Stream) -> tuple[list[int], list[int], Fraction]:
+    """Integer pts, durations and the time base of one showinfo stream (NOPTS: fall back to frame rate)."""
+    tb = info.time_base
+    pts, durs = info.pts, info.durations
+    if tb is None or any(p is None for p in pts):
+        rate = info.frame_rate or Fraction(25)
+        return list(range(len(pts))), [1] * len(pts), 1 / rate
+    return [int(p) for p in pts], list(durs), tb
+
+
+def _span(pts: list[int], durs: list[int]) -> tuple[int, int]:
+    """(start, span) of sorted pts: last - first + one frame duration."""
+    last = durs[-1] if durs and durs[-1] > 0 else 0
+    if last <= 0 and len(pts) > 1:
+        diffs = np.diff(np.asarray(pts, dtype=np.int64))
+        diffs = diffs[diffs > 0]
+        last = int(np.median(diffs)) if diffs.size else 0
+    return pts[0], pts[-1] - pts[0] + last
+
+
+def choose_frames(pts: list[int], num_frames: int, start: int, span: int) -> list[int]:
+    """Indices into sorted ``pts`` of the frames on display at the centres of ``num_frames`` equal segments
+    of ``[start, start + span]`` (exact rational arithmetic; a target before the first pts takes frame 0)."""
+    targets = (Fraction(start) + Fraction((2 * i + 1) * span, 2 * num_frames) for i in range(num_frames))
+    return [max(0, bisect.bisect_right(pts, t) - 1) for t in targets]
+
+
+def _nearest(sorted_pts: list[int], value: int) -> int:
+    """Index of the entry of ``sorted_pts`` nearest to ``value`` (ties: the later one)."""
+    i = bisect.bisect_left(sorted_pts, value)
+    if i == len(sorted_pts):
+        return i - 1
+    if i > 0 and value - sorted_pts[i - 1] < sorted_pts[i] - value:
+        return i - 1
+    return i
+
+
+def sample_frames(
+    path: str | Path,
+    num_frames: int,
+    size: int,
+    *,
+    max_fps: float | None = None,
+    threads: int = 1,
+    timeout: float = 600.0,
+) -> SampledVideo:
+    """Sample ``num_frames`` frames uniformly over the duration of ``path``, as ``size x size`` RGB.
+
+    Shorter side scaled to ``size`` (bicubic), then centre-cropped. ``max_fps`` pre-thins long clips (see
+    the module docstring); ``threads`` is ffmpeg's decoder/filter thread count (1 when workers run in
+    parallel). Raises :class:`VideoError` for anything that cannot be sampled.
+    """
+    if num_frames < 1 or size < 1:
+        raise ValueError(f"num_frames and size must be >= 1, got {num_frames} and {size}")
+    if max_fps is not None and max_fps <= 0:
+        raise ValueError(f"max_fps must be > 0, got {max_fps}")
+    p = Path(path)
+    if not p.is_file():
+        raise VideoError("missing file")
+    if p.stat().st_size == 0:
+        raise VideoError("empty file")
+    if not os.access(p, os.R_OK):
+        raise VideoError("unreadable file")
+    # "file:" so that a name with a colon is never taken for a protocol
+    raw, stderr = _run_ffmpeg(f"file:{p.absolute()}", size, max_fps, threads, timeout)
+
+    streams = _parse_showinfo(stderr)
+    if not streams or not streams[max(streams)].pts:
+        raise VideoError("no decodable frames")
+    kept_pts, kept_durs, tb = _timeline(streams[max(streams)])
+    frame_bytes = size * size * 3
+    if len(raw) != len(kept_pts) * frame_bytes:
+        raise VideoError(f"ffmpeg failed: {len(raw)} output bytes for {len(kept_pts)} frames")
+    frames = np.frombuffer(raw, dtype=np.uint8).reshape(len(kept_pts), size, size, 3)
+
+    order = sorted(range(len(kept_pts)), key=lambda i: kept_pts[i])  # stable; decoders emit in pts order
+    kept_sorted = [kept_pts[i] for i in order]
+    all_pts, all_durs = kept_sorted, [kept_durs[i] for i in order]
+    if max_fps is not None:  # the first showinfo saw every decoded frame
+        all_pts, all_durs, _ = _timeline(streams[min(streams)])
+        pairs = sorted(zip(all_pts, all_durs, strict=True))
+        all_pts, all_durs = [a for a, _ in pairs], [d for _, d in pairs]
+    start, span = _span(all_pts, all_durs)
+    wanted = [all_pts[j] for j in choose_frames(all_pts, num_frames, start, span)]
+    chosen = [_nearest(kept_sorted, w) for w in wanted]  # identity when nothing was thinned out
+    picked = [order[c] for c in chosen]
+    indices = [bisect.bisect_left(all_pts, kept_sorted[c]) for c in chosen]
+    return SampledVideo(
+        frames=frames[picked].copy(),
+        timestamps=np.array([float(kept_sorted[c] * tb) for c in chosen], dtype=np.float64),
+        indices=np.array(indices, dtype=np.int64),
+        source_frames=len(all_pts),
+        duration=float(span * tb),
+        repeated=len(set(chosen)) < num_frames,
+    )
+
+
+# --------------------------------------------------------------------------------------------- the stage
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    """PNG bytes of one uint8 ``[H, W, 3]`` RGB frame (fixed compression level: deterministic bytes)."""
+    buf = io.BytesIO()
+    Image.fromarray(frame, "RGB").save(buf, format="PNG", compress_level=_PNG_LEVEL)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB array from PNG bytes."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class _Task:
+    video_id: str
+    path: str
+    num_frames: int
+    size: int
+    max_fps: float | None
+    timeout: float
+
+
+def _process(task: _Task) -> dict[str, Any]:
+    """Worker: sample one video and PNG-encode its frames, or report why it was skipped."""
+    try:
+        s = sample_frames(task.path, task.num_frames, task.size, max_fps=task.max_fps, timeout=task.timeout)
+    except VideoError as exc:
+        return {"video_id": task.video_id, "reason": exc.reason}
+    return {
+        "video_id": task.video_id,
+        "images": [encode_png(f) for f in s.frames],
+        "timestamps": s.timestamps.tolist(),
+        "source_frames": s.source_frames,
+        "duration": s.duration,
+        "repeated": s.repeated,
+    }
+
+
+def _work_key(videos: pd.DataFrame, num_frames: int, size: int, max_fps: float | None, batch: int) -> str:
+    """Hash of everything a part file depends on: the video list (with file size and mtime), the params."""
+    items = []
+    for vid, path in zip(videos.video_id, videos.path, strict=True):
+        try:
+            st = os.stat(path)
+            stamp = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stamp = None
+        items.append([vid, path, stamp])
+    blob = json.dumps([_ALGO_VERSION, num_frames, size, max_fps, batch, items]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _write_part(
+    path: Path, results: list[dict[str, Any]], splits: dict[str, str], paths: dict[str, str]
+) -> None:
+    """One resume part: the frames rows of a batch, with its videos/skipped rows in the schema metadata."""
+    cols: dict[str, list[Any]] = {name: [] for name in _FRAMES_SCHEMA.names}
+    videos, skipped = [], []
+    for r in results:
+        vid = r["video_id"]
+        if "reason" in r:
+            skipped.append([vid, paths[vid], r["reason"]])
+            continue
+        videos.append([vid, splits[vid], r["source_frames"], r["duration"], r["repeated"]])
+        for i, (ts, img) in enumerate(zip(r["timestamps"], r["images"], strict=True)):
+            cols["video_id"].append(vid)
+            cols["frame"].append(i)
+            cols["timestamp"].append(ts)
+            cols["image"].append(img)
+    meta = {b"discovla.videos": json.dumps(videos), b"discovla.skipped": json.dumps(skipped)}
+    table = pa.table(cols, schema=_FRAMES_SCHEMA.with_metadata(meta))
+    write_parquet(path, table)
+
+
+def _read_part_meta(path: Path) -> tuple[list[list[Any]], list[list[Any]]]:
+    meta = pq.read_schema(path).metadata
+    return json.loads(meta[b"discovla.videos"]), json.loads(meta[b"discovla.skipped"])
+
+
+class _ShardWriter:
+    """Writes rows into ``shard-00000.parquet``, ... of at most ``shard_rows`` rows each (zstd)."""
+
+    def __init__(self, out_dir: Path, shard_rows: int) -> None:
+        self.out_dir, self.shard_rows = out_dir, shard_rows
+        self.shards = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._rows = 0
+
+    def _open(self) -> None:
+        name = self.out_dir / f"shard-{self.shards:05d}.parquet"
+        self._writer = pq.ParquetWriter(name, _FRAMES_SCHEMA, compression="zstd")
+        self.shards += 1
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = table.replace_schema_metadata(None)
+        offset = 0
+        while offset < table.num_rows:
+            if self._writer is None or self._rows >= self.shard_rows:
+                self.close()
+                self._open()
+            n = min(self.shard_rows - self._rows, table.num_rows - offset)
+            self._writer.write_table(table.slice(offset, n))
+            self._rows += n
+            offset += n
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> int:
+        if self.shards == 0:  # no frames at all: one empty shard, so readers always find the schema
+            self._open()
+        self.close()
+        return self.shards
+
+
+def _pending_results(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[dict[str, Any]]:
+    """Results in task order; parallel over ``workers`` processes (inline when workers == 1)."""
+    if workers == 1 or len(tasks) <= 1:
+        for t in tasks:
+            r = _process(t)
+            bar.update(1)
+            yield r
+        return
+    chunk = max(1, min(8, len(tasks) // (workers * 4)))
+    with multiprocessing.Pool(workers) as pool:
+        for r in pool.imap(_process, tasks, chunksize=chunk):
+            bar.update(1)
+            yield r
+
+
+def _check_videos(videos: pd.DataFrame) -> pd.DataFrame:
+    missing = {"video_id", "path", "split"} - set(videos.columns)
+    if missing:
+        raise ValueError(f"videos table is missing column(s) {', '.join(sorted(missing))}")
+    videos = videos.reset_index(drop=True).astype({"video_id": str, "path": str, "split": str})
+    dup = videos.video_id[videos.video_id.duplicated()]
+    if len(dup):
+        raise ValueError(f"video_id {dup.iloc[0]!r} appears twice in the videos table")
+    return videos
+
+
+def extract_frames(
+    videos: pd.DataFrame,
+    out_dir: str | Path,
+    num_frames: int,
+    size: int,
+    workers: int = 1,
+    shard_rows: int = 50000,
+    work_dir: str | Path = ".work/frames",
+    *,
+    batch_videos: int = 64,
+    max_fps: float | None = None,
+    timeout: float = 600.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample every video of ``videos`` (columns video_id, path, split) and write ``out_dir``.
+
+    Output (docs/formats.md): ``shard-XXXXX.parquet`` (video_id, frame, timestamp, image PNG; rows in the
+    table's video order, then frame), ``videos.csv`` and ``skipped.csv``. ``out_dir`` is replaced
+    atomically. Videos are processed in batches of ``batch_videos``; each finished batch is kept as
+    ``work_dir/<key>/part-XXXXX.parquet`` (key: hash of the video list, file sizes/mtimes and params), so a
+    rerun after a crash decodes only the missing batches; that directory is removed after success.
+
+    Returns metrics: videos, done, skipped, skipped_by_reason (keyed by the reason's category, the text
+    before ':'), repeated, frames, shards, resumed (videos taken from earlier parts), seconds, and
+    videos_per_s / frames_per_s: videos decoded (skipped included) and frames written in
+    this run (resumed parts excluded) over the run's wall-clock seconds.
+    """
+    if min(num_frames, size, workers, shard_rows, batch_videos) < 1:
+        raise ValueError("num_frames, size, workers, shard_rows and batch_videos must all be >= 1")
+    t0 = time.perf_counter()
+    videos = _check_videos(videos)
+    splits = dict(zip(videos.video_id, videos.split, strict=True))
+    paths = dict(zip(videos.video_id, videos.path, strict=True))
+    parts_dir = Path(work_dir) / _work_key(videos, num_frames, size, max_fps, batch_videos)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+
+    batches = [videos.iloc[i : i + batch_videos] for i in range(0, len(videos), batch_videos)]
+    part_paths = [parts_dir / f"part-{b:05d}.parquet" for b in range(len(batches))]
+    todo = [b for b, p in enumerate(part_paths) if not p.exists()]
+    resumed = len(videos) - sum(len(batches[b]) for b in todo)
+    tasks = [
+        _Task(vid, path, num_frames, size, max_fps, timeout)
+        for b in todo
+        for vid, path in zip(batches[b].video_id, batches[b].path, strict=True)
+    ]
+    new_frames = 0
+    with tqdm(total=len(videos), initial=resumed, desc="frames", unit="video", disable=not progress) as bar:
+        results = _pending_results(tasks, workers, bar)
+        try:
+            for b in todo:
+                batch = [next(results) for _ in range(len(batches[b]))]
+                new_frames += sum(len(r.get("images", ())) for r in batch)
+                _write_part(part_paths[b], batch, splits, paths)
+        finally:
+            results.close()  # stops the worker pool, also on error
+
+    video_rows: list[list[Any]] = []
+    skipped_rows: list[list[Any]] = []
+    with atomic_dir(out_dir) as tmp:
+        shards = _ShardWriter(tmp, shard_rows)
+        frames_written = 0
+        for p in part_paths:
+            v, s = _read_part_meta(p)
+            video_rows += v
+            skipped_rows += s
+            table = pq.read_table(p)
+            frames_written += table.num_rows
+            shards.write(table)
+        n_shards = shards.finish()
+        pd.DataFrame(video_rows, columns=_VIDEOS_COLUMNS).to_csv(tmp / "videos.csv", index=False)
+        pd.DataFrame(skipped_rows, columns=_SKIPPED_COLUMNS).to_csv(tmp / "skipped.csv", index=False)
+    shutil.rmtree(parts_dir)
+    try:
+        Path(work_dir).rmdir()  # only if no other (stale) work is left in it
+    except OSError:
+        pass
+
+    seconds = time.perf_counter() - t0
+    by_reason = Counter(r[2].split(":", 1)[0] for r in skipped_rows)
+    return {
+        "videos": len(videos),
+        "done": len(video_rows),
+        "skipped": len(skipped_rows),
+        "skipped_by_reason": dict(sorted(by_reason.items())),
+        "repeated": sum(bool(r[4]) for r in video_rows),
+        "frames": frames_written,
+        "shards": n_shards,
+        "resumed": resumed,
+        "seconds": round(seconds, 3),
+        "videos_per_s": round(len(tasks) / seconds, 3),
+        "frames_per_s": round(new_frames / seconds, 3),
+    }

@@ -1,0 +1,198 @@
+"""sample_frames on real files made with ffmpeg: uniform timing, content, sizes, and every bad input."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from discovla.ffmpeg import ffmpeg_exe
+from discovla.video import VideoError, choose_frames, sample_frames
+
+# The reasons a broken or truncated file may legitimately get (a truncated file may also decode partly).
+BAD_REASONS = ("not a video", "no decodable frames", "too many decode errors", "no video stream")
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *args], check=True)
+
+
+def make_testsrc(path: Path, size: str = "64x48", rate: int = 10, seconds: float = 2.0, *extra: str) -> Path:
+    ffmpeg("-f", "lavfi", "-i", f"testsrc=size={size}:rate={rate}", "-t", str(seconds), *extra, str(path))
+    return path
+
+
+def ramp(path: Path, frames: int = 20, reverse: bool = False) -> Path:
+    """Lossless RGB clip, 10 fps, whose frame n is uniformly (12 n, 128, 255 - 12 n) (reversed if asked)."""
+    n = f"({frames - 1}-N)" if reverse else "N"
+    src = f"color=c=black:s=32x32:r=10:d={frames / 10},format=rgb24,geq=r='{n}*12':g='128':b='255-{n}*12'"
+    ffmpeg("-f", "lavfi", "-i", src, "-c:v", "libx264rgb", "-qp", "0", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    return {
+        "plain": make_testsrc(d / "plain.mp4", "64x48", 10, 2.0, "-pix_fmt", "yuv420p"),
+        "faststart": make_testsrc(
+            d / "fast.mp4", "64x48", 10, 2.0, "-pix_fmt", "yuv420p", "-g", "5", "-movflags", "+faststart"
+        ),
+        "ramp": ramp(d / "ramp.mp4"),
+        "ramp_reversed": ramp(d / "ramp_rev.mp4", reverse=True),
+    }
+
+
+def test_timestamps_uniform_and_size(clips: dict[str, Path]) -> None:
+    s = sample_frames(clips["plain"], 4, 32)
+    assert s.frames.shape == (4, 32, 32, 3) and s.frames.dtype == np.uint8
+    assert s.source_frames == 20 and s.duration == pytest.approx(2.0) and not s.repeated
+    centres = (np.arange(4) + 0.5) * 2.0 / 4
+    # the frame on display at each segment centre: at most one frame interval before it
+    assert np.all(s.timestamps <= centres + 1e-9) and np.all(centres - s.timestamps < 0.1 + 1e-9)
+    gaps = np.diff(s.timestamps)
+    assert np.allclose(gaps, gaps.mean(), atol=1e-6) and gaps.mean() == pytest.approx(0.5)
+    assert np.allclose(s.timestamps, s.indices / 10)
+
+
+def test_content_follows_time(clips: dict[str, Path]) -> None:
+    s = sample_frames(clips["ramp"], 8, 16)
+    red = s.frames[..., 0].reshape(8, -1)
+    assert np.ptp(red, axis=1).max() <= 1  # uniform colour survives scale + crop
+    assert np.all(np.diff(red.mean(axis=1)) > 0)  # colours follow the time order
+    assert np.allclose(red.mean(axis=1), 12 * s.indices, atol=1)  # and are the chosen source frames
+    assert np.allclose(s.frames[..., 2].mean(axis=(1, 2)), 255 - 12 * s.indices, atol=1)
+
+
+def test_time_reversal_gives_the_same_frame_set(clips: dict[str, Path]) -> None:
+    fwd = sample_frames(clips["ramp"], 8, 16)
+    rev = sample_frames(clips["ramp_reversed"], 8, 16)
+    assert np.array_equal(rev.indices, 19 - fwd.indices[::-1])
+    assert np.array_equal(rev.frames, fwd.frames[::-1])
+
+
+def test_choose_frames_is_exact() -> None:
+    pts = list(range(0, 20 * 1024, 1024))  # 20 frames at 10 fps in a 1/10240 time base
+    assert choose_frames(pts, 4, 0, 20 * 1024) == [2, 7, 12, 17]
+    assert choose_frames(pts, 2, 0, 20 * 1024) == [5, 15]  # targets on a boundary: the frame shown then
+    assert choose_frames([0], 3, 0, 0) == [0, 0, 0]
+
+
+def test_max_fps_thinning_keeps_real_timestamps(clips: dict[str, Path]) -> None:
+    full = sample_frames(clips["ramp"], 4, 16)
+    thin = sample_frames(clips["ramp"], 4, 16, max_fps=2.5)
+    assert thin.source_frames == full.source_frames and thin.duration == pytest.approx(full.duration)
+    assert np.allclose(thin.timestamps, thin.indices / 10)  # real pts, not a retimed grid
+    assert np.all(np.abs(thin.timestamps - full.timestamps) <= 0.2 + 1e-9)
+    assert np.allclose(thin.frames[..., 0].mean(axis=(1, 2)), 12 * thin.indices, atol=1)
+
+
+def test_missing_and_empty(tmp_path: Path) -> None:
+    with pytest.raises(VideoError) as e:
+        sample_frames(tmp_path / "nope.mp4", 4, 32)
+    assert e.value.reason == "missing file"
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoError) as e:
+        sample_frames(tmp_path / "empty.mp4", 4, 32)
+    assert e.value.reason == "empty file"
+
+
+def test_text_file_named_mp4(tmp_path: Path) -> None:
+    (tmp_path / "notes.mp4").write_text("this is not a video\n" * 20)
+    with pytest.raises(VideoError) as e:
+        sample_frames(tmp_path / "notes.mp4", 4, 32)
+    assert e.value.reason.startswith("not a video: ")
+
+
+@pytest.mark.parametrize("ext", ["m4a", "mp4"])
+def test_audio_only(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"audio.{ext}"
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000", "-t", "0.5", "-c:a", "aac", str(path))
+    with pytest.raises(VideoError) as e:
+        sample_frames(path, 4, 32)
+    assert e.value.reason == "no video stream"
+
+
+def test_truncated_moov_at_end(tmp_path: Path, clips: dict[str, Path]) -> None:
+    data = clips["plain"].read_bytes()
+    assert data.find(b"moov") > len(data) // 2  # moov is at the end: half the file has none
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError) as e:
+        sample_frames(tmp_path / "half.mp4", 4, 32)
+    assert e.value.reason == "not a video: moov atom not found"
+
+
+def test_truncated_after_moov_decodes_nothing(tmp_path: Path, clips: dict[str, Path]) -> None:
+    data = clips["faststart"].read_bytes()
+    cut = data.find(b"mdat") + 4  # header complete, no frame data at all
+    (tmp_path / "cut.mp4").write_bytes(data[:cut])
+    with pytest.raises(VideoError) as e:
+        sample_frames(tmp_path / "cut.mp4", 4, 32)
+    assert e.value.reason == "no decodable frames"
+
+
+def test_truncated_faststart_half(tmp_path: Path, clips: dict[str, Path]) -> None:
+    """Moov intact, half the frame data: either sampled from the decodable part, or skipped with a reason."""
+    data = clips["faststart"].read_bytes()
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
+    try:
+        s = sample_frames(tmp_path / "half.mp4", 4, 32)
+    except VideoError as e:
+        assert e.reason.startswith(BAD_REASONS)
+    else:
+        assert s.frames.shape == (4, 32, 32, 3)
+        assert 1 <= s.source_frames < 20 and s.duration < 2.0
+
+
+def test_shorter_than_f_repeats(tmp_path: Path) -> None:
+    path = make_testsrc(tmp_path / "three.mp4", "64x48", 10, 2.0, "-frames:v", "3", "-pix_fmt", "yuv420p")
+    s = sample_frames(path, 4, 32)
+    assert s.source_frames == 3 and s.repeated and s.frames.shape == (4, 32, 32, 3)
+    assert list(s.indices) == sorted(s.indices) and set(s.indices) == {0, 1, 2}
+    assert np.all(np.diff(s.timestamps) >= 0)
+
+
+def test_single_frame_repeats(tmp_path: Path) -> None:
+    path = make_testsrc(tmp_path / "one.mp4", "64x48", 10, 2.0, "-frames:v", "1", "-pix_fmt", "yuv420p")
+    s = sample_frames(path, 5, 32)
+    assert s.source_frames == 1 and s.repeated and list(s.indices) == [0] * 5
+    assert all(np.array_equal(f, s.frames[0]) for f in s.frames)
+    assert np.all(s.timestamps == s.timestamps[0])
+
+
+def test_odd_resolution(tmp_path: Path) -> None:
+    path = make_testsrc(tmp_path / "odd.mp4", "33x17", 10, 1.0, "-pix_fmt", "yuv444p")
+    s = sample_frames(path, 4, 32)
+    assert s.frames.shape == (4, 32, 32, 3) and s.source_frames == 10 and not s.repeated
+
+
+def test_colon_in_name_is_a_file(tmp_path: Path, clips: dict[str, Path]) -> None:
+    odd = tmp_path / "http:odd name.mp4"
+    odd.write_bytes(clips["plain"].read_bytes())
+    assert sample_frames(odd, 2, 16).frames.shape == (2, 16, 16, 3)
+
+
+def test_bad_arguments(clips: dict[str, Path]) -> None:
+    with pytest.raises(ValueError):
+        sample_frames(clips["plain"], 0, 32)
+    with pytest.raises(ValueError):
+        sample_frames(clips["plain"], 4, 32, max_fps=0)
+
+
+DEC = "[vist#0:0/h264 @ 0x3] [dec:h264 @ 0x4] "
+FAILURES = [
+    ("[in#0 @ 0x1] Error opening input: Permission denied\n", 0, "unreadable file"),
+    ("Stream mapping:\n[fc#0 @ 0x2] Cannot determine format of input 0:0\n", 0, "no decodable frames"),
+    (DEC + "Decode error rate 1 exceeds maximum 0.666667\n", 2, "too many decode errors"),
+    (DEC + "Error submitting packet: boom\n", 2, "ffmpeg failed: Error submitting packet: boom"),
+]
+
+
+@pytest.mark.parametrize(("stderr", "decoded", "reason"), FAILURES)
+def test_failure_reasons_are_stable(stderr: str, decoded: int, reason: str) -> None:
+    """Reasons never carry ffmpeg's per-run pointer addresses, so they group across videos."""
+    from discovla.video import _classify_failure
+
+    assert _classify_failure(stderr, decoded) == reason
