@@ -1,0 +1,120 @@
+"""Evaluation on one split: the zero-shot baseline and a trained DiscoVLA, video-level similarity only.
+
+Zero-shot: video = normalise(mean of L2-normalised frozen frame embeddings), text = frozen caption
+embedding. DiscoVLA: the trained encoders (IVFusion on the frames when enabled); no pseudo captions are
+used at test time. Both report t2v / v2t ranks (``discovla.retrieval``) and twin accuracy per twin kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from discovla.features import Features
+from discovla.retrieval import retrieval_metrics, twin_accuracy
+from discovla.train import normalise
+
+
+def _twins(features: Features, split: str) -> dict[str, list[tuple[int, int, int]]]:
+    """Per twin kind: (caption row, own video index, twin video index) over the split's captions."""
+    tw = features.twins
+    if tw.empty:
+        return {}
+    index = {v: i for i, v in enumerate(features.video_ids)}
+    caps = features.split_captions(split)
+    first_caption = caps.groupby("video_index").apply(lambda g: g.index[0], include_groups=False)
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    rows = {int(r): k for k, r in enumerate(caps.index)}
+    for kind, grp in tw.groupby("kind"):
+        pairs = []
+        for a, b in zip(grp.video_id, grp.twin_id, strict=True):
+            ia, ib = index.get(a), index.get(b)
+            if ia is None or ib is None or ia not in first_caption.index:
+                continue
+            pairs.append((rows[int(first_caption[ia])], ia, ib))
+        if pairs:
+            out[str(kind)] = pairs
+    return out
+
+
+def score(
+    text_emb: torch.Tensor,
+    video_emb: torch.Tensor,
+    features: Features,
+    split: str,
+    chunk_size: int,
+    logit_scale: float,
+    dsl: bool,
+) -> dict[str, Any]:
+    """Retrieval metrics (+ DSL block) and twin accuracy for normalised ``text_emb`` [C] x ``video_emb`` [V].
+
+    ``video_emb`` rows follow ``features.split_videos(split)``; ``text_emb`` rows follow the split's captions.
+    """
+    vids = features.split_videos(split)
+    caps = features.split_captions(split)
+    local = {int(v): i for i, v in enumerate(vids)}
+    target = np.array([local[int(v)] for v in caps.video_index], dtype=np.int64)
+    out = retrieval_metrics(
+        text_emb,
+        video_emb,
+        target,
+        chunk_size=chunk_size,
+        dsl_temperature=logit_scale if dsl else None,
+        return_ranks=True,
+    )
+    if dsl:  # dual-softmax numbers in their own block, never mixed with the plain ones
+        out["dsl"] = {"t2v": out.pop("t2v_dsl"), "v2t": out.pop("v2t_dsl")}
+    twins = _twins(features, split)
+    out["twins"] = {}
+    for kind, pairs in twins.items():
+        t = torch.tensor([p[0] for p in pairs])
+        a = torch.tensor([local[p[1]] for p in pairs])
+        b = torch.tensor([local[p[2]] for p in pairs])
+        out["twins"][kind] = twin_accuracy(text_emb, video_emb, t, a, b)
+    return out
+
+
+def zeroshot(features: Features, split: str, chunk_size: int, dsl: bool) -> dict[str, Any]:
+    """The frozen baseline: mean of normalised frame embeddings against the caption embedding."""
+    vids = features.split_videos(split)
+    video = F.normalize(F.normalize(features.frame_emb[vids].float(), dim=-1).mean(1), dim=-1)
+    caps = features.split_captions(split)
+    text = F.normalize(features.cap_emb[torch.tensor(caps.index.to_numpy())].float(), dim=-1)
+    return score(text, video, features, split, chunk_size, features.meta["logit_scale"], dsl)
+
+
+@torch.no_grad()
+def embed_split(model: Any, features: Features, split: str, batch_size: int, device: str) -> tuple:
+    """Normalised (text, video) embeddings of a split with a trained model (video-level only)."""
+    mean = torch.tensor(features.meta["mean"], device=device).view(3, 1, 1)
+    std = torch.tensor(features.meta["std"], device=device).view(3, 1, 1)
+    vids = torch.from_numpy(features.split_videos(split))
+    per_batch = max(1, batch_size // features.pixels.shape[1])
+    videos = []
+    for i in range(0, len(vids), per_batch):
+        pix = normalise(features.pixels[vids[i : i + per_batch]].to(device), mean, std)
+        videos.append(model.video_embedding(model.encode_frames(pix)).float().cpu())
+    caps = features.split_captions(split)
+    tokens = features.cap_tokens[torch.tensor(caps.index.to_numpy())]
+    texts = [
+        F.normalize(model.encode_text(tokens[i : i + batch_size].to(device)).float(), dim=-1).cpu()
+        for i in range(0, len(tokens), batch_size)
+    ]
+    return torch.cat(texts), torch.cat(videos)
+
+
+def evaluate_model(
+    model: Any,
+    features: Features,
+    split: str,
+    batch_size: int,
+    chunk_size: int,
+    dsl: bool,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    model.eval()
+    text, video = embed_split(model, features, split, batch_size, device)
+    return score(text, video, features, split, chunk_size, float(model.logit_scale), dsl)
