@@ -36,5 +36,77 @@ def doctor() -> None:
     typer.echo(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
 
 
+@app.command("export-captions")
+def export_captions(
+    out: str = typer.Argument(..., help="JSON file to write: {video_id: [caption per frame]}."),
+    captions: str = typer.Option("data/captions.parquet", help="Pseudo captions (captions stage)."),
+) -> None:
+    """Export pseudo captions in the published DiscoVLA JSON form, to share them."""
+    import pyarrow.parquet as pq
+
+    from discovla.captioner import export_pseudo_captions
+
+    df = pq.read_table(captions).to_pandas()
+    export_pseudo_captions(df, out)
+    typer.echo(f"wrote {df.video_id.nunique()} videos, {len(df)} captions to {out}")
+
+
+@app.command("import-captions")
+def import_captions(
+    src: str = typer.Argument(..., help="Published pseudo-caption JSON."),
+    frames: str = typer.Option("data/frames", help="Frames written by the frames stage."),
+    out: str = typer.Option("data/captions.parquet", help="Where to write the captions Parquet."),
+) -> None:
+    """Import released pseudo captions instead of generating them (one caption per sampled frame).
+
+    Inside the pipeline, set `captioner.model: path/to/captions.json` instead, so DVC tracks it.
+    """
+    from discovla.captioner import import_pseudo_captions, read_frames_index, write_captions
+
+    df = import_pseudo_captions(src, read_frames_index(frames))
+    write_captions(out, df)
+    typer.echo(f"wrote {len(df)} captions for {df.video_id.nunique()} videos to {out}")
+
+
+@app.command()
+def ablate(
+    seeds: str = typer.Option("1,2,3", help="Comma-separated training seeds."),
+    variants: str = typer.Option(
+        "zeroshot,lora,ivfusion,pimgalign,full", help="Comma-separated subset of the ablation variants."
+    ),
+    params_file: str = typer.Option("params.yaml", help="Parameters (train/fusion/lora/model/evaluate)."),
+    features_dir: str = typer.Option("data/features", help="Feature cache written by the features stage."),
+    out: str = typer.Option("metrics/ablation.json", help="Summary JSON; a Markdown table goes next to it."),
+) -> None:
+    """Train and evaluate the paper's ablation (zero-shot, LoRA, +IVFusion, +PImgAlign, full) over seeds.
+
+    Reads the feature cache, so run `dvc repro features` first. Each run reports the test split at the
+    last epoch (no selection). Writes metrics/ablation.json and metrics/ablation.md.
+    """
+    from pathlib import Path
+
+    from discovla.ablation import run_ablation, write_ablation
+    from discovla.backbone import load_backbone
+    from discovla.config import load_params_or_exit
+    from discovla.features import load_features
+
+    params = load_params_or_exit(params_file)
+    features = load_features(features_dir)
+
+    def clip_factory():  # noqa: ANN202
+        m = params.model
+        return load_backbone(m.backbone, m.pretrained, context_length=m.context_length).model
+
+    result = run_ablation(
+        params,
+        features,
+        clip_factory,
+        seeds=[int(s) for s in seeds.split(",") if s.strip()],
+        variants=[v.strip() for v in variants.split(",") if v.strip()],
+    )
+    write_ablation(result, out, Path(out).with_suffix(".md"))
+    typer.echo(Path(out).with_suffix(".md").read_text())
+
+
 if __name__ == "__main__":
     app()

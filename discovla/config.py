@@ -68,9 +68,9 @@ class FramesParams:
 @dataclass(frozen=True)
 class PretrainClipParams:
     seed: int = 42
-    epochs: int = rng(12, 1, 1000)
+    epochs: int = rng(10, 1, 1000)
     batch_size: int = rng(256, 2)
-    lr: float = rng(1e-3, 0.0, 1.0, lo_open=True)
+    lr: float = rng(2e-3, 0.0, 1.0, lo_open=True)
     weight_decay: float = rng(0.1, 0.0, 10.0)
     warmup: float = rng(0.05, 0.0, 1.0)
 
@@ -79,7 +79,7 @@ class PretrainClipParams:
 class PretrainCaptionerParams:
     seed: int = 42
     epochs: int = rng(6, 1, 1000)
-    batch_size: int = rng(128, 1)
+    batch_size: int = rng(32, 1)
     lr: float = rng(1e-3, 0.0, 1.0, lo_open=True)
     weight_decay: float = rng(0.01, 0.0, 10.0)
 
@@ -94,7 +94,7 @@ class ModelParams:
 @dataclass(frozen=True)
 class CaptionerParams:
     model: str = "models/tiny-blip"
-    max_new_tokens: int = rng(24, 1, 128)
+    max_new_tokens: int = rng(32, 1, 128)
     num_beams: int = rng(1, 1, 16)
     batch_size: int = rng(128, 1)
 

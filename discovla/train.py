@@ -276,7 +276,8 @@ def train(
             save_checkpoint(run_dir, model, opt, {"epoch": epoch + 1, "record": record})
             print(
                 f"epoch {epoch + 1}: loss {entry['loss']:.4f} (video {entry['video']:.4f}, "
-                f"img {entry['img']:.4f}, distill {entry['distill']:.4f}), {entry['samples_per_s']:.1f} videos/s"
+                f"img {entry['img']:.4f}, distill {entry['distill']:.4f}), "
+                f"{entry['samples_per_s']:.1f} videos/s"
             )
         if d.world > 1:
             dist.barrier()

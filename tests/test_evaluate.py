@@ -29,7 +29,8 @@ def test_perfect_embeddings_give_perfect_recall_and_twins(features) -> None:
 
 
 def test_trained_model_path_uses_video_level_similarity_only(features, tiny_clip_factory) -> None:
-    model = DiscoVLA(tiny_clip_factory(), DiscoVLAConfig(lora_rank=2, vision_layers=2, text_layers=1, num_frames=4))
+    cfg = DiscoVLAConfig(lora_rank=2, vision_layers=2, text_layers=1, num_frames=4)
+    model = DiscoVLA(tiny_clip_factory(), cfg)
     a = evaluate_model(model, features, "test", batch_size=8, chunk_size=4, dsl=False)
     features.pseudo_tokens.zero_()  # pseudo captions must not matter at test time
     b = evaluate_model(model, features, "test", batch_size=8, chunk_size=4, dsl=False)

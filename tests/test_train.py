@@ -17,11 +17,15 @@ CFG = TrainConfig(
     lr=1e-3,
     warmup=0.25,
     device="cpu",
-    model=DiscoVLAConfig(lora_rank=4, fusion=True, vision_layers=2, text_layers=1, adapter_dim=4, num_frames=4),
+    model=DiscoVLAConfig(
+        lora_rank=4, fusion=True, vision_layers=2, text_layers=1, adapter_dim=4, num_frames=4
+    ),
 )
 
 
-def test_killed_and_resumed_run_ends_with_the_same_adapters(features, tiny_clip_factory, tmp_path: Path) -> None:
+def test_killed_and_resumed_run_ends_with_the_same_adapters(
+    features, tiny_clip_factory, tmp_path: Path
+) -> None:
     full, rec_full = train(tiny_clip_factory(), features, CFG, tmp_path / "a", progress=False)
     # "crash" after epoch 1, then rerun the same command: it resumes from the epoch-1 checkpoint
     train(tiny_clip_factory(), features, CFG, tmp_path / "b", stop_after_epoch=1, progress=False)

@@ -1,0 +1,129 @@
+"""The ablation of the paper's components on the current feature cache.
+
+Variants (each trained and evaluated on the test split, last epoch, over several seeds):
+
+- ``zeroshot``: frozen CLIP, mean of frame embeddings (no training, seed-independent);
+- ``lora``: LoRA only (no IVFusion, alpha = beta = 0);
+- ``ivfusion``: + IVFusion (alpha = beta = 0);
+- ``pimgalign``: + PImgAlign (alpha from params, beta = 0);
+- ``full``: full DiscoVLA (alpha, beta from params).
+
+Results go to ``metrics/ablation.json`` (mean and sample standard deviation per metric) and a
+Markdown table (``metrics/ablation.md``) that the README quotes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from discovla.config import Params
+from discovla.evaluate import evaluate_model, zeroshot
+from discovla.features import Features
+from discovla.io import write_json, write_text
+from discovla.pipeline import train_config
+
+VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full")
+LABELS = {
+    "zeroshot": "Zero-shot (frozen CLIP, mean of frames)",
+    "lora": "LoRA only",
+    "ivfusion": "+ IVFusion",
+    "pimgalign": "+ PImgAlign",
+    "full": "Full DiscoVLA (+ AlignDistill)",
+}
+
+
+def variant_config(params: Params, variant: str, seed: int, num_frames: int) -> Any:
+    cfg = train_config(params, num_frames, seed=seed)
+    if variant == "lora":
+        return replace(cfg, alpha=0.0, beta=0.0, model=replace(cfg.model, fusion=False))
+    if variant == "ivfusion":
+        return replace(cfg, alpha=0.0, beta=0.0, model=replace(cfg.model, fusion=True))
+    if variant == "pimgalign":
+        return replace(cfg, beta=0.0, model=replace(cfg.model, fusion=True))
+    if variant == "full":
+        return replace(cfg, model=replace(cfg.model, fusion=True))
+    raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
+
+
+def summarise_metrics(m: dict[str, Any]) -> dict[str, float]:
+    out = {"t2v_R@1": m["t2v"]["R@1"], "t2v_R@5": m["t2v"]["R@5"], "v2t_R@1": m["v2t"]["R@1"]}
+    for kind, acc in m.get("twins", {}).items():
+        out[f"{kind}_twin_acc"] = acc
+    return out
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": round(statistics.fmean(values), 2), "std": round(std, 2), "n": len(values)}
+
+
+def run_ablation(
+    params: Params,
+    features: Features,
+    clip_factory: Any,
+    seeds: Iterable[int],
+    variants: Iterable[str] = VARIANTS,
+    ckpt_root: str | Path = ".work/ablation",
+    log: Any = print,
+) -> dict[str, Any]:
+    """Train and evaluate every variant for every seed; return per-run and summarised metrics.
+
+    ``clip_factory()`` returns a fresh frozen CLIP for each run.
+    """
+    ev = params.evaluate
+    runs: dict[str, list[dict[str, float]]] = {}
+    seeds = list(seeds)
+    for variant in variants:
+        runs[variant] = []
+        if variant == "zeroshot":
+            m = summarise_metrics(zeroshot(features, "test", ev.chunk_size, dsl=False))
+            runs[variant] = [m]
+            log(f"[ablation] zeroshot: {m}")
+            continue
+        for seed in seeds:
+            from discovla.train import train
+
+            cfg = variant_config(params, variant, seed, features.pixels.shape[1])
+            t0 = time.perf_counter()
+            model, _ = train(clip_factory(), features, cfg, ckpt_root, progress=False)
+            device = str(next(iter(model.trainable_parameters())).device)
+            res = evaluate_model(
+                model, features, "test", ev.batch_size, ev.chunk_size, dsl=False, device=device
+            )
+            m = summarise_metrics(res)
+            m["seconds"] = round(time.perf_counter() - t0, 1)
+            runs[variant].append(m)
+            log(f"[ablation] {variant} seed {seed}: {m}")
+    summary = {
+        v: {k: _mean_std([r[k] for r in rs]) for k in rs[0] if k != "seconds"} for v, rs in runs.items() if rs
+    }
+    return {"seeds": seeds, "epochs": params.train.epochs, "summary": summary, "runs": runs}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The ablation as a Markdown table: mean ± std over seeds."""
+    summary = result["summary"]
+    keys = ["t2v_R@1", "t2v_R@5", "v2t_R@1", "content_twin_acc", "order_twin_acc"]
+    heads = ["t2v R@1", "t2v R@5", "v2t R@1", "content-twin acc", "order-twin acc"]
+    lines = ["| Variant | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for v, m in summary.items():
+        cells = []
+        for k in keys:
+            if k in m:
+                cells.append(
+                    f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" if m[k]["n"] > 1 else f"{m[k]['mean']:.1f}"
+                )
+            else:
+                cells.append("–")
+        lines.append(f"| {LABELS.get(v, v)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation(result: dict[str, Any], json_path: str | Path, md_path: str | Path) -> None:
+    write_json(json_path, result)
+    write_text(md_path, markdown_table(result))

@@ -1,0 +1,100 @@
+"""The whole DVC pipeline (`dvc repro`) on a tiny shapes world, in a temporary copy of the repository.
+
+Catches a broken dvc.yaml, a stage that only works on the full data, and missing deps/outs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY = {
+    "shapes": {
+        "train_videos": 24,
+        "val_videos": 8,
+        "test_videos": 12,
+        "train_captions": 2,
+        "stills_train": 96,
+        "stills_val": 32,
+    },
+    "frames": {"num_frames": 4, "workers": 2},
+    "pretrain_clip": {"epochs": 1, "batch_size": 32},
+    "pretrain_captioner": {"epochs": 1, "batch_size": 32},
+    "captioner": {"max_new_tokens": 8, "batch_size": 32},
+    "features": {"batch_size": 64},
+    "train": {"epochs": 2, "batch_size": 8},
+    "evaluate": {"batch_size": 32, "chunk_size": 5},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def _copy_repo(dst: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for f in filter(None, files):
+        src = REPO / f.decode()
+        if src.is_file():
+            (dst / f.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f.decode())
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    return res
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_repo(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    _run(["git", "init", "-q"], repo, env)
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-qm", "copy"], repo, env)
+
+    _run([str(BIN / "dvc"), "repro"], repo, env)
+
+    metrics = repo / "metrics"
+    shapes = json.loads((metrics / "shapes.json").read_text())
+    frames = json.loads((metrics / "frames.json").read_text())
+    assert frames["done"] == 24 + 8 + 12 and frames["skipped"] == 0
+    assert shapes["splits"]["test"]["videos"] == 12
+    retrieval = json.loads((metrics / "retrieval.json").read_text())
+    zs = json.loads((metrics / "zeroshot.json").read_text())
+    for m in (retrieval, zs):
+        assert m["t2v"]["queries"] == 12
+        assert 0.0 <= m["t2v"]["R@1"] <= 100.0
+    train = json.loads((metrics / "train.json").read_text())
+    assert train["epochs"] == 2 and train["trainable_parameters"] > 0
+    assert (repo / "models/discovla/adapters.safetensors").exists()
+    assert (repo / "data/captions.parquet").exists()
+
+    status = _run([str(BIN / "dvc"), "status"], repo, env).stdout
+    assert "up to date" in status, status
+    # changing a training param re-runs train and evaluate only
+    params["fusion"]["alpha"] = 0.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    status = _run([str(BIN / "dvc"), "status"], repo, env).stdout
+    changed = {line.rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))}
+    assert changed == {"train"}, status
