@@ -78,13 +78,44 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank, world, local)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of the gathered tensor and keeps this rank's
+    slice (a reduce-scatter). The gradient is made contiguous first: gloo's collectives silently
+    mis-handle strided tensors, which is what ``torch.distributed.nn.all_gather`` hands them here."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+        ctx.rank, ctx.n = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None, None
+
+
 def gather_with_grad(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, keeping the gradient path to every rank's slice."""
+    """Concatenate ``x`` from all ranks along dim 0, keeping the gradient path to every rank's slice
+    (equal local batch sizes on every rank)."""
     if d.world == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    return _GatherWithGrad.apply(x, d.rank, d.world)
 
-    return torch.cat(all_gather(x), dim=0)
+
+def average_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
+    """Average gradients over ranks (what DDP would do), so every rank takes the same step.
+
+    Every rank computes the same global-batch loss; the gathered-with-grad features route each rank's
+    share of the gradient back to the rank that produced them (summed over the W identical losses), so
+    the rank mean of the local gradients equals the single-process gradient of the global batch.
+    """
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(d.world)
 
 
 def resolve_device(device: str, d: Dist) -> str:
@@ -252,6 +283,8 @@ def train(
             )
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
+            if d.world > 1:
+                average_gradients(params, d)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

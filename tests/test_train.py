@@ -78,3 +78,28 @@ def test_epoch_plan_is_a_function_of_seed_and_epoch(features) -> None:
     assert sorted(o1) == sorted(vids)
     # the chosen caption always belongs to the video
     assert (features.captions.video_index.to_numpy()[c1] == o1).all()
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path: Path) -> None:
+    """Global batch split over 2 CPU ranks (gloo, all-gather with gradient) == the same batch on 1 process."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = Path(__file__).parent / "helpers" / "ddp_train.py"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True)
+    assert one.returncode == 0, one.stderr.decode()[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_port", "29533"]
+    two = subprocess.run([*torchrun, str(script), str(tmp_path / "two")], env=env, capture_output=True)
+    assert two.returncode == 0, two.stderr.decode()[-3000:]
+    a = load_file(str(tmp_path / "one/adapters/adapters.safetensors"))
+    b = load_file(str(tmp_path / "two/adapters/adapters.safetensors"))
+    assert a.keys() == b.keys()
+    moved = 0
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
+        moved += int(a[k].abs().sum() > 0)
+    assert moved > 0
