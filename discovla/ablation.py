@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from discovla.config import Params
-from discovla.evaluate import evaluate_model, zeroshot
+from discovla.evaluate import evaluate_model, rounded, zeroshot
 from discovla.features import Features
 from discovla.io import write_json, write_text
 from discovla.pipeline import train_config
@@ -54,12 +54,56 @@ def summarise_metrics(m: dict[str, Any]) -> dict[str, float]:
     out = {"t2v_R@1": m["t2v"]["R@1"], "t2v_R@5": m["t2v"]["R@5"], "v2t_R@1": m["v2t"]["R@1"]}
     for kind, acc in m.get("twins", {}).items():
         out[f"{kind}_twin_acc"] = acc
-    return out
+    return rounded(out, 2)
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": round(statistics.fmean(values), 2), "std": round(std, 2), "n": len(values)}
+
+
+def run_one(
+    params: Params, features: Features, clip_factory: Any, variant: str, seed: int, ckpt_root: str | Path
+) -> dict[str, float]:
+    """Train one (variant, seed) and evaluate it on the test split (last epoch)."""
+    from discovla.train import train
+
+    ev = params.evaluate
+    if variant == "zeroshot":
+        return summarise_metrics(zeroshot(features, "test", ev.chunk_size, dsl=False))
+    cfg = variant_config(params, variant, seed, features.pixels.shape[1])
+    t0 = time.perf_counter()
+    model, _ = train(clip_factory(), features, cfg, ckpt_root, progress=False)
+    device = str(next(iter(model.trainable_parameters())).device)
+    res = evaluate_model(model, features, "test", ev.batch_size, ev.chunk_size, dsl=False, device=device)
+    m = summarise_metrics(res)
+    m["seconds"] = round(time.perf_counter() - t0, 1)
+    return m
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(params_file: str, features_dir: str) -> None:
+    import torch
+
+    from discovla.backbone import load_backbone
+    from discovla.config import load_params
+    from discovla.features import load_features
+
+    torch.set_num_threads(1)  # one process per core: no thread oversubscription
+    params = load_params(params_file)
+    m = params.model
+    _WORKER.update(
+        params=params,
+        features=load_features(features_dir),
+        clip_factory=lambda: load_backbone(m.backbone, m.pretrained, context_length=m.context_length).model,
+    )
+
+
+def _worker_job(job: tuple[str, int, str]) -> dict[str, float]:
+    variant, seed, ckpt_root = job
+    return run_one(_WORKER["params"], _WORKER["features"], _WORKER["clip_factory"], variant, seed, ckpt_root)
 
 
 def run_ablation(
@@ -70,35 +114,34 @@ def run_ablation(
     variants: Iterable[str] = VARIANTS,
     ckpt_root: str | Path = ".work/ablation",
     log: Any = print,
+    workers: int = 1,
+    params_file: str = "params.yaml",
+    features_dir: str = "data/features",
 ) -> dict[str, Any]:
     """Train and evaluate every variant for every seed; return per-run and summarised metrics.
 
-    ``clip_factory()`` returns a fresh frozen CLIP for each run.
+    ``clip_factory()`` returns a fresh frozen CLIP for each run. With ``workers > 1`` the runs go to a
+    pool of single-threaded processes (which reload ``params_file`` and ``features_dir``); finished
+    runs are resumed from their checkpoints under ``ckpt_root``.
     """
-    ev = params.evaluate
-    runs: dict[str, list[dict[str, float]]] = {}
     seeds = list(seeds)
-    for variant in variants:
-        runs[variant] = []
-        if variant == "zeroshot":
-            m = summarise_metrics(zeroshot(features, "test", ev.chunk_size, dsl=False))
-            runs[variant] = [m]
-            log(f"[ablation] zeroshot: {m}")
-            continue
-        for seed in seeds:
-            from discovla.train import train
+    variants = list(variants)
+    jobs = [(v, s, str(ckpt_root)) for v in variants for s in ([0] if v == "zeroshot" else seeds)]
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    if workers <= 1:
+        results = (run_one(params, features, clip_factory, v, s, c) for v, s, c in jobs)
+        for (v, s, _), m in zip(jobs, results, strict=False):
+            runs[v].append(m)
+            log(f"[ablation] {v} seed {s}: {m}")
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-            cfg = variant_config(params, variant, seed, features.pixels.shape[1])
-            t0 = time.perf_counter()
-            model, _ = train(clip_factory(), features, cfg, ckpt_root, progress=False)
-            device = str(next(iter(model.trainable_parameters())).device)
-            res = evaluate_model(
-                model, features, "test", ev.batch_size, ev.chunk_size, dsl=False, device=device
-            )
-            m = summarise_metrics(res)
-            m["seconds"] = round(time.perf_counter() - t0, 1)
-            runs[variant].append(m)
-            log(f"[ablation] {variant} seed {seed}: {m}")
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(workers, ctx, _init_worker, (params_file, features_dir)) as pool:
+            for (v, s, _), m in zip(jobs, pool.map(_worker_job, jobs), strict=True):
+                runs[v].append(m)
+                log(f"[ablation] {v} seed {s}: {m}")
     summary = {
         v: {k: _mean_std([r[k] for r in rs]) for k in rs[0] if k != "seconds"} for v, rs in runs.items() if rs
     }

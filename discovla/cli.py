@@ -77,6 +77,7 @@ def ablate(
     params_file: str = typer.Option("params.yaml", help="Parameters (train/fusion/lora/model/evaluate)."),
     features_dir: str = typer.Option("data/features", help="Feature cache written by the features stage."),
     out: str = typer.Option("metrics/ablation.json", help="Summary JSON; a Markdown table goes next to it."),
+    workers: int = typer.Option(1, help="Parallel single-threaded training processes (e.g. one per core)."),
 ) -> None:
     """Train and evaluate the paper's ablation (zero-shot, LoRA, +IVFusion, +PImgAlign, full) over seeds.
 
@@ -103,6 +104,9 @@ def ablate(
         clip_factory,
         seeds=[int(s) for s in seeds.split(",") if s.strip()],
         variants=[v.strip() for v in variants.split(",") if v.strip()],
+        workers=workers,
+        params_file=params_file,
+        features_dir=features_dir,
     )
     write_ablation(result, out, Path(out).with_suffix(".md"))
     typer.echo(Path(out).with_suffix(".md").read_text())

@@ -40,6 +40,17 @@ def _twins(features: Features, split: str) -> dict[str, list[tuple[int, int, int
     return out
 
 
+def rounded(obj: Any, digits: int = 3) -> Any:
+    """Floats rounded for metrics files (13.600000000000001 -> 13.6); containers recursively."""
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def score(
     text_emb: torch.Tensor,
     video_emb: torch.Tensor,
@@ -74,7 +85,8 @@ def score(
         a = torch.tensor([local[p[1]] for p in pairs])
         b = torch.tensor([local[p[2]] for p in pairs])
         out["twins"][kind] = twin_accuracy(text_emb, video_emb, t, a, b)
-    return out
+    ranks = out.pop("ranks")
+    return {**rounded(out), "ranks": ranks}
 
 
 def zeroshot(features: Features, split: str, chunk_size: int, dsl: bool) -> dict[str, Any]:

@@ -256,6 +256,6 @@ def load_features(path: str | Path) -> Features:
         pseudo_emb=torch.from_numpy(np.ascontiguousarray(pseudo_emb)),
         captions=captions,
         cap_tokens=torch.from_numpy(to_numpy(caps_t.column("tokens")).astype(np.int64)),
-        cap_emb=torch.from_numpy(to_numpy(caps_t.column("embedding"))),
+        cap_emb=torch.from_numpy(to_numpy(caps_t.column("embedding")).copy()),
         twins=twins,
     )

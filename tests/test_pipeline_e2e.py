@@ -93,8 +93,16 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     status = _run([str(BIN / "dvc"), "status"], repo, env).stdout
     assert "up to date" in status, status
     # changing a training param re-runs train and evaluate only
-    params["fusion"]["alpha"] = 0.0
-    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    status = _run([str(BIN / "dvc"), "status"], repo, env).stdout
-    changed = {line.rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))}
-    assert changed == {"train"}, status
+    # a sweep point: changing a training param re-runs train and evaluate only, and lands in `dvc exp show`
+    _run([*git, "add", "-A"], repo, env)
+    _run([*git, "commit", "-qm", "baseline"], repo, env)
+    out = _run([str(BIN / "dvc"), "exp", "run", "-S", "fusion.alpha=0.0", "-n", "alpha0"], repo, env).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate"}, out
+    # a frames param re-runs frames and everything after it, but not shapes or the pretraining stages
+    exp = [str(BIN / "dvc"), "exp", "run", "-S", "frames.num_frames=3", "-n", "frames3"]
+    out = _run(exp, repo, env).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"frames", "captions", "features", "train", "evaluate"}, out
+    table = _run([str(BIN / "dvc"), "exp", "show", "--md"], repo, env).stdout
+    assert "alpha0" in table and "frames3" in table and "t2v.R@1" in table, table
