@@ -6,7 +6,10 @@ Variants (each trained and evaluated on the test split, last epoch, over several
 - ``lora``: LoRA only (no IVFusion, alpha = beta = 0);
 - ``ivfusion``: + IVFusion (alpha = beta = 0);
 - ``pimgalign``: + PImgAlign (alpha from params, beta = 0);
-- ``full``: full DiscoVLA (alpha, beta from params).
+- ``full``: full DiscoVLA (alpha, beta and the distillation scaling from params);
+- ``full_mean``: full DiscoVLA with the batch-size-independent distillation scaling
+  (``fusion.distill_scale: mean``), an extra row: the reference scaling (sum x 100 / B^2) weighs the
+  KL term 4x more at batch 32 than at the paper's batch 128.
 
 Results go to ``metrics/ablation.json`` (mean and sample standard deviation per metric) and a
 Markdown table (``metrics/ablation.md``) that the README quotes.
@@ -27,13 +30,14 @@ from discovla.features import Features
 from discovla.io import write_json, write_text
 from discovla.pipeline import train_config
 
-VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full")
+VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full", "full_mean")
 LABELS = {
     "zeroshot": "Zero-shot (frozen CLIP, mean of frames)",
     "lora": "LoRA only",
     "ivfusion": "+ IVFusion",
     "pimgalign": "+ PImgAlign",
-    "full": "Full DiscoVLA (+ AlignDistill)",
+    "full": "Full DiscoVLA (+ AlignDistill, reference scaling)",
+    "full_mean": "Full DiscoVLA, AlignDistill with mean KL",
 }
 
 
@@ -47,6 +51,8 @@ def variant_config(params: Params, variant: str, seed: int, num_frames: int) -> 
         return replace(cfg, beta=0.0, model=replace(cfg.model, fusion=True))
     if variant == "full":
         return replace(cfg, model=replace(cfg.model, fusion=True))
+    if variant == "full_mean":
+        return replace(cfg, distill_scale="mean", model=replace(cfg.model, fusion=True))
     raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
 
 

@@ -72,7 +72,8 @@ def import_captions(
 def ablate(
     seeds: str = typer.Option("1,2,3", help="Comma-separated training seeds."),
     variants: str = typer.Option(
-        "zeroshot,lora,ivfusion,pimgalign,full", help="Comma-separated subset of the ablation variants."
+        "zeroshot,lora,ivfusion,pimgalign,full,full_mean",
+        help="Comma-separated subset of the ablation variants.",
     ),
     params_file: str = typer.Option("params.yaml", help="Parameters (train/fusion/lora/model/evaluate)."),
     features_dir: str = typer.Option("data/features", help="Feature cache written by the features stage."),
