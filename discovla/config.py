@@ -63,6 +63,7 @@ class FramesParams:
     size: int = rng(32, 8, 1024)
     workers: int = rng(2, 1, 256)
     shard_rows: int = rng(50000, 1)
+    max_fps: float = rng(0.0, 0.0, 240.0)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ def main() -> None:
             workers=fp.workers,
             shard_rows=fp.shard_rows,
             work_dir=WORK_DIR,
+            max_fps=fp.max_fps or None,
         )
     except FFmpegNotFound as exc:
         _fail(str(exc))
