@@ -15,7 +15,6 @@ Training never decodes video or images: :func:`load_features` returns dense tens
 
 from __future__ import annotations
 
-import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from discovla.io import atomic_dir, read_json, write_json
+from discovla.video import decode_png
 
 
 class FeaturesError(ValueError):
@@ -60,27 +59,13 @@ def read_frames(frames_dir: str | Path) -> pd.DataFrame:
     return pd.concat([pq.read_table(s).to_pandas() for s in shards], ignore_index=True)
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-@torch.no_grad()
-def _embed_images(backbone: Any, pixels: np.ndarray, batch_size: int, device: str) -> np.ndarray:
-    out = []
-    for i in tqdm(range(0, len(pixels), batch_size), desc="frame embeddings", unit="batch", leave=False):
-        x = torch.from_numpy(pixels[i : i + batch_size]).to(device)
-        out.append(backbone.encode_images(x).float().cpu().numpy())
-    dim = backbone.embed_dim
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
-
-
-@torch.no_grad()
-def _embed_texts(backbone: Any, tokens: np.ndarray, batch_size: int, device: str, desc: str) -> np.ndarray:
-    out = []
-    for i in tqdm(range(0, len(tokens), batch_size), desc=desc, unit="batch", leave=False):
-        x = torch.from_numpy(tokens[i : i + batch_size]).to(device)
-        out.append(backbone.encode_texts(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, backbone.embed_dim), np.float32)
+def _embed(encode: Any, x: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
+    """``encode`` (a backbone's batched, normalising encoder) over ``x`` with a progress bar."""
+    out = [
+        encode(torch.from_numpy(x[i : i + batch_size]), batch_size).numpy()
+        for i in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False)
+    ]
+    return np.concatenate(out).astype(np.float32)
 
 
 def build_features(
@@ -91,7 +76,6 @@ def build_features(
     out_dir: str | Path,
     batch_size: int = 256,
     twins_csv: str | Path | None = None,
-    device: str = "cpu",
 ) -> dict[str, Any]:
     """Compute and write the feature cache. Returns the summary also stored in ``meta.json``.
 
@@ -125,9 +109,9 @@ def build_features(
     cap_tokens = backbone.tokenize(list(caps.caption)).numpy().astype(np.int32)
     pseudo_tokens = backbone.tokenize(list(pseudo.caption)).numpy().astype(np.int32)
 
-    frame_emb = _embed_images(backbone, pixels, batch_size, device)
-    cap_emb = _embed_texts(backbone, cap_tokens, batch_size, device, "caption embeddings")
-    pseudo_emb = _embed_texts(backbone, pseudo_tokens, batch_size, device, "pseudo-caption embeddings")
+    frame_emb = _embed(backbone.encode_images, pixels, batch_size, "frame embeddings")
+    cap_emb = _embed(backbone.encode_texts, cap_tokens, batch_size, "caption embeddings")
+    pseudo_emb = _embed(backbone.encode_texts, pseudo_tokens, batch_size, "pseudo-caption embeddings")
 
     meta = {
         "backbone": backbone.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from discovla.config import Params
@@ -10,15 +11,8 @@ from discovla.train import TrainConfig
 
 
 def model_config(p: Params, num_frames: int) -> DiscoVLAConfig:
-    return DiscoVLAConfig(
-        lora_rank=p.lora.rank,
-        fusion=p.fusion.enabled,
-        vision_layers=p.fusion.vision_layers,
-        text_layers=p.fusion.text_layers,
-        adapter_dim=p.fusion.adapter_dim,
-        temporal_position=p.fusion.temporal_position,
-        num_frames=num_frames,
-    )
+    """The model config from params, with F taken from the feature cache (what training really sees)."""
+    return replace(DiscoVLAConfig.from_params(p), num_frames=num_frames)
 
 
 def train_config(p: Params, num_frames: int, **overrides: Any) -> TrainConfig:

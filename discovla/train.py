@@ -80,8 +80,8 @@ def init_distributed(device: str) -> Dist:
 
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient of the gathered tensor and keeps this rank's
-    slice (a reduce-scatter). The gradient is made contiguous first: gloo's collectives silently
-    mis-handle strided tensors, which is what ``torch.distributed.nn.all_gather`` hands them here."""
+    slice (a reduce-scatter), on a contiguous gradient. ``torch.distributed.nn.all_gather`` on gloo gave
+    gradients that did not match one process here (tests/test_train.py::test_torchrun_two_ranks_...)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:

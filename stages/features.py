@@ -32,7 +32,6 @@ def main() -> None:
         out_dir="data/features",
         batch_size=params.features.batch_size,
         twins_csv=Path(params.data.root) / "twins.csv",
-        device=device,
     )
     print(
         f"features: {meta['videos']} videos, {meta['frames']} frames, {meta['captions']} captions "

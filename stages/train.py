@@ -27,12 +27,14 @@ def main() -> None:
         params.model.backbone, params.model.pretrained, context_length=params.model.context_length
     )
 
+    ev = params.evaluate
+
     def validate(epoch: int, model) -> dict[str, float]:  # noqa: ANN001 - monitoring only, never selection
         if len(features.split_videos("val")) == 0:
             return {}
         device = next(iter(model.trainable_parameters())).device
         m = evaluate_model(
-            model, features, "val", params.evaluate.batch_size, 1024, dsl=False, device=str(device)
+            model, features, "val", ev.batch_size, ev.chunk_size, dsl=False, device=str(device)
         )
         return {"val_t2v_R@1": m["t2v"]["R@1"], "val_v2t_R@1": m["v2t"]["R@1"]}
 
