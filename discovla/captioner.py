@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from discovla.errors import DiscoVLAError
 from discovla.io import atomic_dir, write_json, write_parquet
 
 ORACLE = "oracle"
@@ -55,11 +56,11 @@ CAPTIONS_SCHEMA = pa.schema([("video_id", pa.string()), ("frame", pa.int32()), (
 ImageBatch = Sequence[Image.Image] | np.ndarray
 
 
-class CaptionerUnavailable(RuntimeError):
+class CaptionerUnavailable(DiscoVLAError, RuntimeError):
     """The captioner cannot be loaded (offline hub id, missing directory); the message says what to do."""
 
 
-class CaptionsError(ValueError):
+class CaptionsError(DiscoVLAError, ValueError):
     """Bad input to the captions stage or to pseudo-caption import/export, with what is wrong."""
 
 

@@ -10,9 +10,11 @@ import functools
 import os
 import shutil
 
+from discovla.errors import DiscoVLAError
 
-class FFmpegNotFound(RuntimeError):
-    pass
+
+class FFmpegNotFound(DiscoVLAError, RuntimeError):
+    """No usable ffmpeg binary; the message says what to install or set."""
 
 
 @functools.cache

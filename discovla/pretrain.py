@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from discovla.backbone import Backbone, Tokenizer, build_model, model_config, pad_tokens, preprocess_uint8
+from discovla.errors import DiscoVLAError
 from discovla.io import atomic_dir
 from discovla.retrieval import retrieval_metrics
 
@@ -42,7 +43,7 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 CONFIG_FILE = "open_clip_config.json"
 
 
-class PretrainError(ValueError):
+class PretrainError(DiscoVLAError, ValueError):
     """Unusable pretraining input (missing corpus, bad columns), with what to do."""
 
 

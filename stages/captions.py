@@ -11,6 +11,7 @@ import sys
 
 from discovla.captioner import CaptionerUnavailable, CaptionsError, make_captions, write_captions
 from discovla.config import load_params_or_exit
+from discovla.errors import run_stage
 from discovla.io import write_json
 
 FRAMES = "data/frames"
@@ -33,7 +34,7 @@ def main() -> None:
         )
     except (CaptionerUnavailable, CaptionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(2) from None
     write_captions(OUT, captions)
     write_json(METRICS, metrics)
     agreement = metrics.get("agreement", {})
@@ -46,4 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

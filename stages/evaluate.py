@@ -6,6 +6,7 @@ import torch
 
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
+from discovla.errors import run_stage
 from discovla.evaluate import evaluate_model, zeroshot
 from discovla.features import load_features
 from discovla.io import atomic_path, write_json
@@ -51,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,6 +10,7 @@ import torch
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
 from discovla.data import load_dataset
+from discovla.errors import run_stage
 from discovla.features import build_features
 
 
@@ -40,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,6 +12,7 @@ import sys
 
 from discovla.config import load_params_or_exit
 from discovla.data import DatasetError, load_dataset
+from discovla.errors import run_stage
 from discovla.ffmpeg import FFmpegNotFound
 from discovla.io import write_json
 from discovla.video import extract_frames
@@ -23,7 +24,7 @@ WORK_DIR = ".work/frames"
 
 def _fail(message: str) -> None:
     print(f"error: frames: {message}", file=sys.stderr)
-    raise SystemExit(1)
+    raise SystemExit(2)
 
 
 def main() -> None:
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -21,6 +21,7 @@ from discovla.captioner import (
     pretrain_tiny_captioner,
 )
 from discovla.config import load_params_or_exit
+from discovla.errors import run_stage
 from discovla.io import write_json
 
 STILLS = Path("data/shapes/stills")
@@ -32,7 +33,7 @@ def _read_stills(split: str) -> pd.DataFrame:
     path = STILLS / f"{split}.parquet"
     if not path.exists():
         print(f"error: {path} not found (run the shapes stage first)", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(2)
     return pd.read_parquet(path, columns=["image", "caption"])
 
 
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -18,6 +18,7 @@ import torch
 
 from discovla.backbone import model_config
 from discovla.config import Params, load_params_or_exit
+from discovla.errors import run_stage
 from discovla.io import write_json
 from discovla.pretrain import PretrainConfig, PretrainError, load_stills, save_tiny_clip, train_tiny_clip
 
@@ -54,7 +55,7 @@ def run(params: Params) -> dict:
         model, metrics = train_tiny_clip(CONFIG_NAME, train, val, cfg, context_length, device=device)
     except PretrainError as exc:
         print(f"error: pretrain_clip: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(2) from None
     save_tiny_clip(model, CONFIG_NAME, OUT_DIR, cfg, context_length, metrics)
     write_json(METRICS, {k: v for k, v in metrics.items() if k != "history"})
     return metrics
@@ -71,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,6 +10,7 @@ import os
 
 from discovla.config import load_params_or_exit
 from discovla.data.shapes import generate_world
+from discovla.errors import run_stage
 from discovla.io import write_json
 
 ROOT = "data/shapes"
@@ -28,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

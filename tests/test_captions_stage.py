@@ -168,4 +168,4 @@ def test_stage_script_writes_outputs(world: Path, tmp_path: Path, monkeypatch: p
     (work / "params.yaml").write_text("captioner:\n  model: models/none\n")
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(Path(__file__).parents[1] / "stages/captions.py"), run_name="__main__")
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2

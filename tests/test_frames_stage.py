@@ -168,7 +168,7 @@ def test_stage_script(dataset_root: Path, tmp_path: Path) -> None:
 
 def test_stage_script_fails_on_unreadable_dataset(tmp_path: Path) -> None:
     r = _stage(tmp_path, tmp_path / "no-such-dataset")
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "captions.csv" in r.stderr  # one line
     assert not (tmp_path / "data" / "frames").exists()
 
@@ -181,6 +181,6 @@ def test_stage_script_fails_when_every_video_fails(tmp_path: Path) -> None:
         root / "captions.csv", index=False
     )
     r = _stage(tmp_path, root)
-    assert r.returncode != 0
+    assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]  # after the progress bar
     assert last.startswith("error: frames: no video could be sampled") and "empty file" in last

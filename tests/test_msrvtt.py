@@ -96,3 +96,25 @@ def test_bad_content_is_reported(tmp_path: Path) -> None:
     (root / "MSRVTT_data.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not valid JSON"):
         read_msrvtt(root)
+
+
+def test_blank_captions_are_named(tmp_path: Path) -> None:
+    root = make_layout(tmp_path / "m")
+    data = json.loads((root / "MSRVTT_data.json").read_text())
+    data["sentences"][4]["caption"] = "  "  # video1, a train video
+    data["sentences"][-1]["caption"] = ""  # a test video's json sentence: not used, not checked
+    (root / "MSRVTT_data.json").write_text(json.dumps(data))
+    first = r"MSRVTT_data.json: sentences\[4\]: the caption of video 'video1' is empty"
+    with pytest.raises(DatasetError, match=first):
+        read_msrvtt(root)
+    data["sentences"][4]["caption"] = None
+    (root / "MSRVTT_data.json").write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"sentences\[4\]"):
+        read_msrvtt(root)
+    data["sentences"][4]["caption"] = "fixed"
+    (root / "MSRVTT_data.json").write_text(json.dumps(data))
+    test = pd.read_csv(root / "MSRVTT_JSFUSION_test.csv")
+    test.loc[2, "sentence"] = " "
+    test.to_csv(root / "MSRVTT_JSFUSION_test.csv", index=False)
+    with pytest.raises(DatasetError, match=r"MSRVTT_JSFUSION_test.csv: row 3 after the header: .*'video47'"):
+        read_msrvtt(root)

@@ -3,6 +3,9 @@
 Every reader returns a :class:`VideoDataset`. The on-disk ``folder`` form is the common currency: a
 directory ``videos/`` plus ``captions.csv`` with columns ``video_id, caption, split``. The shapes world
 is written in that form; MSRVTT is read from the standard CLIP4Clip files.
+
+Every reader checks its captions with :func:`check_captions`: a caption that is empty or only whitespace
+is a :class:`DatasetError` naming the file and the row, never a silently encoded empty string.
 """
 
 from __future__ import annotations
@@ -13,11 +16,32 @@ from pathlib import Path
 
 import pandas as pd
 
+from discovla.errors import DiscoVLAError
+
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(DiscoVLAError, ValueError):
     """A dataset directory that cannot be read, with what is wrong and what was expected."""
+
+
+def check_captions(
+    captions: pd.DataFrame, source: str | Path, row: str = "row {} after the header", first: int = 1
+) -> None:
+    """:class:`DatasetError` naming the first caption of ``captions`` that is empty or only whitespace.
+
+    ``captions`` has columns ``video_id`` and ``caption``; its index is the 0-based position of each row
+    in ``source``, named in the message as ``row.format(index + first)`` (rows filtered out before the
+    check keep their position). A missing caption (None/NaN) counts as empty.
+    """
+    text = captions.caption.where(captions.caption.notna(), "").astype(str)
+    empty = (text.str.strip() == "").to_numpy()
+    if empty.any():
+        i = captions.index[empty][0]
+        raise DatasetError(
+            f"{source}: {row.format(i + first)}: the caption of video {captions.video_id[i]!r} is empty or "
+            f"only whitespace ({int(empty.sum())} such caption(s) in all): write a caption or remove the row"
+        )
 
 
 @dataclass(frozen=True)

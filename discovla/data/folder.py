@@ -1,8 +1,9 @@
 """The ``folder`` dataset: ``<root>/videos/<video_id>.<ext>`` plus ``<root>/captions.csv``.
 
 ``captions.csv`` has a header and columns ``video_id, caption, split`` (split in train/val/test); a video
-has one row per caption. A video id listed in the CSV whose file is missing is kept (the frames stage
-records it as skipped, with the reason), so that nothing is silently dropped.
+has one row per caption, and a caption that is empty or only whitespace is an error naming its row. A
+video id listed in the CSV whose file is missing is kept (the frames stage records it as skipped, with
+the reason), so that nothing is silently dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from discovla.data import SPLITS, DatasetError, VideoDataset, register
+from discovla.data import SPLITS, DatasetError, VideoDataset, check_captions, register
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
@@ -31,6 +32,7 @@ def read_folder(root: Path, name: str = "folder") -> VideoDataset:
     missing = {"video_id", "caption", "split"} - set(df.columns)
     if missing:
         raise DatasetError(f"{csv}: missing column(s) {', '.join(sorted(missing))}")
+    check_captions(df, csv)
     bad = sorted(set(df.split) - set(SPLITS))
     if bad:
         raise DatasetError(f"{csv}: split must be one of {', '.join(SPLITS)}, got {bad[0]!r}")

@@ -14,8 +14,10 @@ Splits:
   ``video10``) and take every 20th, starting with the first (450 videos), with all their sentences.
 * ``train``: the other 8,550 videos of the 9k list with all their sentences from ``MSRVTT_data.json``.
 
-A video listed in the annotation files whose mp4 is missing is kept (the frames stage records it as
-skipped, with the reason), as in the ``folder`` reader.
+A caption (train/val sentence or test ``sentence``) that is empty or only whitespace is a
+:class:`~discovla.data.DatasetError` naming the file and row. A video listed in the annotation files
+whose mp4 is missing is kept (the frames stage records it as skipped, with the reason), as in the
+``folder`` reader.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from discovla.data import DatasetError, VideoDataset, register
+from discovla.data import DatasetError, VideoDataset, check_captions, register
 
 DATA_JSON = "MSRVTT_data.json"
 TRAIN_CSV = "MSRVTT_train.9k.csv"
@@ -96,7 +98,7 @@ def _read_sentences(path: Path) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "video_id": [str(s["video_id"]) for s in sentences],
-            "caption": [str(s["caption"]).strip() for s in sentences],
+            "caption": ["" if s["caption"] is None else str(s["caption"]).strip() for s in sentences],
         }
     )
 
@@ -108,6 +110,7 @@ def read_msrvtt(root: str | Path) -> VideoDataset:
     train_ids = list(dict.fromkeys(_read_csv(root / TRAIN_CSV, ("video_id",)).video_id.str.strip()))
     test = _read_csv(root / TEST_CSV, ("video_id", "sentence"))
     test = pd.DataFrame({"video_id": test.video_id.str.strip(), "caption": test.sentence.str.strip()})
+    check_captions(test, root / TEST_CSV)
     if test.video_id.duplicated().any():
         raise DatasetError(
             f"{root / TEST_CSV}: video {test.video_id[test.video_id.duplicated()].iloc[0]!r} twice"
@@ -117,6 +120,7 @@ def read_msrvtt(root: str | Path) -> VideoDataset:
         raise DatasetError(f"{root / TRAIN_CSV}: video {sorted(overlap)[0]!r} is also in {TEST_CSV}")
     sentences = _read_sentences(root / DATA_JSON)
     sentences = sentences[sentences.video_id.isin(set(train_ids))]
+    check_captions(sentences, root / DATA_JSON, row="sentences[{}]", first=0)
     without = sorted(set(train_ids) - set(sentences.video_id), key=_natural_key)
     if without:
         raise DatasetError(

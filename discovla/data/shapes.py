@@ -47,6 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from discovla.config import ShapesParams
+from discovla.errors import DiscoVLAError
 from discovla.ffmpeg import ffmpeg_exe
 from discovla.io import atomic_dir, write_parquet
 
@@ -106,7 +107,7 @@ MAX_CAPTION_TOKENS = 28  # words + commas; the CLIP text context is 32 tokens wi
 BACKGROUND_MAX = 56  # background base channel values are drawn from [0, BACKGROUND_MAX)
 
 
-class ShapesError(ValueError):
+class ShapesError(DiscoVLAError, ValueError):
     """Parameters the shapes world cannot be generated with."""
 
 

@@ -22,12 +22,13 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
+from discovla.errors import DiscoVLAError
 from discovla.losses import video_embedding
 from discovla.model.fusion import FusionLayer, fusion_block_forward
 from discovla.model.lora import install_lora
 
 
-class AdapterStateError(ValueError):
+class AdapterStateError(DiscoVLAError, ValueError):
     """An adapter state dict does not match the model (names or shapes)."""
 
 
