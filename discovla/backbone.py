@@ -12,6 +12,10 @@
   ``open_clip_config.json`` lies next to the checkpoint (open_clip's hub layout, and ours in
   ``models/tiny-clip``), its ``quick_gelu`` flag and preprocessing mean/std are used; OpenAI TorchScript
   archives always use QuickGELU.
+- Activation: a tag whose open_clip pretrained cfg says ``quick_gelu`` (every ``openai`` tag: OpenAI trained
+  CLIP with ``x * sigmoid(1.702 x)``) builds the towers with QuickGELU (:func:`quick_gelu_for`); open_clip's
+  plain ``ViT-B-16`` config would otherwise build ``nn.GELU`` MLPs and only warn. Local files follow their
+  sibling config / TorchScript format as above.
 - Tags need a download. Offline, or when the download fails, :class:`BackboneUnavailable` says in one line
   which file to fetch and to set ``model.pretrained: /path/to/file``.
 
@@ -38,13 +42,15 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from discovla.errors import DiscoVLAError
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 HF_SAFE_WEIGHTS = "open_clip_model.safetensors"
 CHECKPOINT_CONFIG = "open_clip_config.json"
 _TORCHSCRIPT_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
-class BackboneError(RuntimeError):
+class BackboneError(DiscoVLAError, RuntimeError):
     """A backbone that cannot be built from the given name / checkpoint (message says what to fix)."""
 
 
@@ -229,15 +235,31 @@ def _download_hint(name: str, tag: str) -> str:
     return " or ".join(where) if where else "the checkpoint file"
 
 
+def quick_gelu_for(name: str, tag: str | None) -> bool:
+    """Whether backbone ``name`` with open_clip pretrained tag ``tag`` (``None``: none) uses QuickGELU.
+
+    True when the tag's pretrained cfg has ``quick_gelu`` (all ``openai`` tags) or the model config itself
+    has it (``*-quickgelu`` names). Needs no weights and no network.
+    """
+    cfg = model_config(name)
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    return bool(tag_cfg.get("quick_gelu", False) or cfg.get("quick_gelu", False))
+
+
 def build_model(name: str, quick_gelu: bool = False, device: str | torch.device = "cpu") -> open_clip.CLIP:
     """A randomly initialised, trainable open_clip CLIP of config ``name`` (for pretraining)."""
     return _create(name, quick_gelu, device)
 
 
-def _create(name: str, quick_gelu: bool, device: str | torch.device) -> open_clip.CLIP:
+def _create(
+    name: str, quick_gelu: bool, device: str | torch.device, pretrained: str | None = None
+) -> open_clip.CLIP:
+    """The one open_clip creation path: random init (``pretrained=None``) or an open_clip tag."""
     model_config(name)  # clear error for unknown names
     with _quiet_open_clip():
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, device=device)
+        model = open_clip.create_model(
+            name, pretrained=pretrained, force_quick_gelu=quick_gelu, device=device
+        )
     if not isinstance(model, open_clip.CLIP):
         raise BackboneError(
             f"backbone {name!r} is a {type(model).__name__}: only open_clip CLIP models with the "
@@ -263,15 +285,12 @@ def _load_tag(name: str, tag: str, device: str | torch.device) -> open_clip.CLIP
     if offline and not cfg.get("hf_hub") and not _url_cached(cfg.get("url", "")):
         raise unavailable
     try:
-        with _quiet_open_clip(), _hub_offline(offline):
-            model = open_clip.create_model(name, pretrained=tag, device=device)
+        with _hub_offline(offline):
+            return _create(name, quick_gelu_for(name, tag), device, pretrained=tag)
+    except BackboneError:
+        raise
     except Exception:  # noqa: BLE001 - download failures come in many types
         raise unavailable from None
-    if not isinstance(model, open_clip.CLIP):
-        raise BackboneError(
-            f"backbone {name!r} is a {type(model).__name__}: only open_clip CLIP is supported"
-        )
-    return model
 
 
 def _load_file(name: str, path: Path, device: str | torch.device) -> tuple[open_clip.CLIP, dict[str, Any]]:

@@ -9,9 +9,10 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 
 from discovla.losses import discovla_loss
-from discovla.model import AdapterStateError, DiscoVLA, DiscoVLAConfig, LoRAAttention
+from discovla.model import Adapter, AdapterStateError, DiscoVLA, DiscoVLAConfig, LoRAAttention
 
 TINY = dict(
     embed_dim=32,
@@ -46,6 +47,11 @@ def make_tokens(n: int, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
         tokens[r, 1:eot] = torch.randint(1, vocab - 2, (eot - 1,), generator=g)
         tokens[r, eot] = vocab - 1
     return tokens
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """CLIP's activation, written out (the reference adapter uses it)."""
+    return x * torch.sigmoid(1.702 * x)
 
 
 def randomise_trainable(model: DiscoVLA, std: float = 0.05, seed: int = 3) -> None:
@@ -103,7 +109,7 @@ def ref_fusion_block(block, layer, xs: list, pool: list, valid: list, mask=None)
         o = ref_heads_attend(attn, q, k, v, mask)
         c2 = ref_heads_attend(attn, q[pool[i] : pool[i] + 1], keys, values)[0]
         ad = layer.adapter
-        adapter = F.gelu(o[pool[i]] @ ad.down.weight.T + ad.down.bias) @ ad.up.weight.T + ad.up.bias
+        adapter = quick_gelu(o[pool[i]] @ ad.down.weight.T + ad.down.bias) @ ad.up.weight.T + ad.up.bias
         o = torch.cat([o[: pool[i]], (c2 + adapter)[None], o[pool[i] + 1 :]])
         x = xs[i] + o
         out.append(x + block.mlp(block.ln_2(x)))
@@ -289,6 +295,31 @@ def test_gradients_reach_only_trainable_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert p.grad is None, name
+
+
+def test_adapter_is_quickgelu_bottleneck_with_reference_init():
+    torch.manual_seed(0)
+    dim, hidden = 64, 8
+    ad = Adapter(dim, hidden)
+    # Reference init: W_up, b_up exactly zero; b_down ~ N(0, 1e-6); W_down Xavier-uniform.
+    assert torch.count_nonzero(ad.up.weight) == 0 and torch.count_nonzero(ad.up.bias) == 0
+    assert 0 < ad.down.bias.abs().max() < 1e-5
+    bound = math.sqrt(6.0 / (dim + hidden))
+    w = ad.down.weight
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound  # uniform over the whole bound
+    assert abs(w.std().item() - bound / math.sqrt(3.0)) < 0.1 * bound  # not nn.Linear's U(+-1/sqrt(dim))
+    x = torch.randn(5, dim)
+    assert torch.equal(ad(x), torch.zeros(5, dim))
+    # Activation: x * sigmoid(1.702 x), not erf/tanh GELU (they differ by ~1e-2 at these scales).
+    with torch.no_grad():
+        ad.up.weight.normal_(0.0, 0.5)
+        ad.up.bias.normal_(0.0, 0.5)
+    h = x @ w.T + ad.down.bias
+    want = quick_gelu(h) @ ad.up.weight.T + ad.up.bias
+    torch.testing.assert_close(ad(x), want, rtol=1e-5, atol=1e-5)
+    erf_gelu = F.gelu(h) @ ad.up.weight.T + ad.up.bias
+    assert (ad(x) - erf_gelu).abs().max() > 1e-3
+    assert isinstance(ad.act, QuickGELU)
 
 
 def test_trainable_names_and_counts():

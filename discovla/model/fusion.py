@@ -8,7 +8,8 @@ copied):
 * every token keeps its ordinary within-sequence attention output ``O`` (image level);
 * the pooling token of each sequence (the CLS token of a frame, the EOT token of a caption) also queries
   ALL (valid) tokens of all F sequences of its video: ``c^(2)`` (same projections, LoRA included);
-* its output becomes ``c^(2) + Adapter(O[pool])`` with a zero-initialised bottleneck adapter;
+* its output becomes ``c^(2) + Adapter(O[pool])`` with a zero-initialised bottleneck adapter
+  (QuickGELU, initialised as in the authors' reference code: see :class:`Adapter`);
 * then the block's residual and MLP as usual.
 
 The video-level branch is one batched SDPA call: queries ``[B, heads, F, hd]`` over keys/values
@@ -20,23 +21,32 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 from torch import Tensor, nn
 
 from discovla.model.lora import LoRAAttention, sdpa_mask
 
 
 class Adapter(nn.Module):
-    """Bottleneck adapter ``GELU(o W_down + b_down) W_up + b_up`` with ``W_up``, ``b_up`` zero-initialised."""
+    """Bottleneck adapter ``QuickGELU(o W_down + b_down) W_up + b_up``, as in the authors' reference code.
+
+    ``QuickGELU(x) = x * sigmoid(1.702 x)`` (CLIP's activation, open_clip's module). Initialisation:
+    ``W_down`` Xavier-uniform, ``b_down ~ N(0, 1e-6^2)``, ``W_up`` and ``b_up`` zero, so the adapter outputs
+    exactly zero at init while its gradient w.r.t. ``W_up`` is not.
+    """
 
     def __init__(self, dim: int, hidden: int, dtype: torch.dtype | None = None, device=None) -> None:
         super().__init__()
         self.down = nn.Linear(dim, hidden, dtype=dtype, device=device)
+        self.act = QuickGELU()
         self.up = nn.Linear(hidden, dim, dtype=dtype, device=device)
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.normal_(self.down.bias, std=1e-6)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.up(F.gelu(self.down(x)))
+        return self.up(self.act(self.down(x)))
 
 
 class FusionLayer(nn.Module):
