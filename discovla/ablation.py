@@ -7,6 +7,7 @@ Variants (each trained and evaluated on the test split, last epoch, over several
 - ``ivfusion``: + IVFusion (alpha = beta = 0);
 - ``pimgalign``: + PImgAlign (alpha from params, beta = 0);
 - ``full``: full DiscoVLA (alpha, beta and the distillation scaling from params);
+- ``full_detach``: full DiscoVLA with the teacher S_img detached (the reference code does not detach it);
 - ``full_mean``: full DiscoVLA with the batch-size-independent distillation scaling
   (``fusion.distill_scale: mean``), an extra row: the reference scaling (sum x 100 / B^2) weighs the
   KL term 4x more at batch 32 than at the paper's batch 128.
@@ -20,40 +21,57 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from discovla.config import Params
-from discovla.evaluate import evaluate_model, rounded, zeroshot
+from discovla.evaluate import evaluate_model, rounded, validation_monitor, zeroshot
 from discovla.features import Features
 from discovla.io import write_json, write_text
 from discovla.pipeline import train_config
 
-VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full", "full_mean")
+VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full", "full_detach", "full_mean")
 LABELS = {
     "zeroshot": "Zero-shot (frozen CLIP, mean of frames)",
     "lora": "LoRA only",
     "ivfusion": "+ IVFusion",
     "pimgalign": "+ PImgAlign",
     "full": "Full DiscoVLA (+ AlignDistill, reference scaling)",
+    "full_detach": "Full DiscoVLA, teacher detached",
     "full_mean": "Full DiscoVLA, AlignDistill with mean KL",
+}
+# per variant: (TrainConfig overrides, DiscoVLAConfig overrides); alpha = beta = 0 also drops the text-side
+# adapters, which could never receive a gradient (discovla.pipeline.train_config)
+OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "lora": ({"alpha": 0.0, "beta": 0.0}, {"fusion": False}),
+    "ivfusion": ({"alpha": 0.0, "beta": 0.0}, {"fusion": True}),
+    "pimgalign": ({"beta": 0.0}, {"fusion": True}),
+    "full": ({}, {"fusion": True}),
+    "full_detach": ({"detach_teacher": True}, {"fusion": True}),
+    "full_mean": ({"distill_scale": "mean"}, {"fusion": True}),
 }
 
 
+def _overrides(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A named row, or ``beta=X``: full DiscoVLA with ``fusion.beta`` X (a point of the beta sweep)."""
+    if variant in OVERRIDES:
+        return OVERRIDES[variant]
+    if variant.startswith("beta="):
+        try:
+            return {"beta": float(variant[5:])}, {"fusion": True}
+        except ValueError:
+            pass
+    raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)}, or beta=X)")
+
+
+def label(variant: str) -> str:
+    return LABELS.get(variant) or f"Full DiscoVLA, beta = {variant[5:]}"
+
+
 def variant_config(params: Params, variant: str, seed: int, num_frames: int) -> Any:
-    cfg = train_config(params, num_frames, seed=seed)
-    if variant == "lora":
-        return replace(cfg, alpha=0.0, beta=0.0, model=replace(cfg.model, fusion=False))
-    if variant == "ivfusion":
-        return replace(cfg, alpha=0.0, beta=0.0, model=replace(cfg.model, fusion=True))
-    if variant == "pimgalign":
-        return replace(cfg, beta=0.0, model=replace(cfg.model, fusion=True))
-    if variant == "full":
-        return replace(cfg, model=replace(cfg.model, fusion=True))
-    if variant == "full_mean":
-        return replace(cfg, distill_scale="mean", model=replace(cfg.model, fusion=True))
-    raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
+    """The training config of one ablation row (everything else from params)."""
+    train_over, model_over = _overrides(variant)
+    return train_config(params, num_frames, model_overrides=model_over, seed=seed, **train_over)
 
 
 def summarise_metrics(m: dict[str, Any]) -> dict[str, float]:
@@ -63,6 +81,13 @@ def summarise_metrics(m: dict[str, Any]) -> dict[str, float]:
     return rounded(out, 2)
 
 
+METRICS = ("t2v_R@1", "t2v_R@5", "v2t_R@1", "content_twin_acc", "order_twin_acc", "trainable_parameters")
+
+
+def _brief(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if k != "epochs"}
+
+
 def _mean_std(values: list[float]) -> dict[str, float]:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": round(statistics.fmean(values), 2), "std": round(std, 2), "n": len(values)}
@@ -70,8 +95,12 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 def run_one(
     params: Params, features: Features, clip_factory: Any, variant: str, seed: int, ckpt_root: str | Path
-) -> dict[str, float]:
-    """Train one (variant, seed) and evaluate it on the test split (last epoch)."""
+) -> dict[str, Any]:
+    """Train one (variant, seed) and evaluate it on the test split (last epoch).
+
+    Returns the test numbers, the run's seconds (training that actually ran here plus evaluation; a
+    resumed run reports the training seconds recorded in its checkpoint), its checkpoint key, and per
+    epoch the training diagnostics and val R@1 (monitoring only)."""
     from discovla.train import train
 
     ev = params.evaluate
@@ -79,11 +108,17 @@ def run_one(
         return summarise_metrics(zeroshot(features, "test", ev.chunk_size, dsl=False))
     cfg = variant_config(params, variant, seed, features.pixels.shape[1])
     t0 = time.perf_counter()
-    model, _ = train(clip_factory(), features, cfg, ckpt_root, progress=False)
+    monitor = validation_monitor(features, ev.batch_size, ev.chunk_size)
+    model, record = train(clip_factory(), features, cfg, ckpt_root, on_epoch=monitor, progress=False)
     device = str(next(iter(model.trainable_parameters())).device)
     res = evaluate_model(model, features, "test", ev.batch_size, ev.chunk_size, dsl=False, device=device)
-    m = summarise_metrics(res)
+    m: dict[str, Any] = summarise_metrics(res)
     m["seconds"] = round(time.perf_counter() - t0, 1)
+    m["train_seconds"] = round(record["seconds"], 1)
+    m["checkpoint_key"] = record["checkpoint_key"]
+    m["resumed_from_epoch"] = record["resumed_from_epoch"]
+    m["trainable_parameters"] = record["trainable_parameters"]
+    m["epochs"] = [rounded(e, 4) for e in record["epochs"]]
     return m
 
 
@@ -107,7 +142,7 @@ def _init_worker(params_file: str, features_dir: str) -> None:
     )
 
 
-def _worker_job(job: tuple[str, int, str]) -> dict[str, float]:
+def _worker_job(job: tuple[str, int, str]) -> dict[str, Any]:
     variant, seed, ckpt_root = job
     return run_one(_WORKER["params"], _WORKER["features"], _WORKER["clip_factory"], variant, seed, ckpt_root)
 
@@ -118,7 +153,7 @@ def run_ablation(
     clip_factory: Any,
     seeds: Iterable[int],
     variants: Iterable[str] = VARIANTS,
-    ckpt_root: str | Path = ".work/ablation",
+    ckpt_root: str | Path | None = None,
     log: Any = print,
     workers: int = 1,
     params_file: str = "params.yaml",
@@ -127,18 +162,23 @@ def run_ablation(
     """Train and evaluate every variant for every seed; return per-run and summarised metrics.
 
     ``clip_factory()`` returns a fresh frozen CLIP for each run. With ``workers > 1`` the runs go to a
-    pool of single-threaded processes (which reload ``params_file`` and ``features_dir``); finished
-    runs are resumed from their checkpoints under ``ckpt_root``.
+    pool of single-threaded processes (which reload ``params_file`` and ``features_dir``). Checkpoints go
+    to ``ckpt_root`` (default: the train stage's, :func:`discovla.train.checkpoint_root`), so a run
+    identical in config, data, weights and code to one already finished there (by the ablation, ``dvc
+    repro`` or ``dvc exp run``) is reused, and any other is trained afresh.
     """
+    from discovla.train import checkpoint_root
+
     seeds = list(seeds)
     variants = list(variants)
+    ckpt_root = checkpoint_root() if ckpt_root is None else ckpt_root
     jobs = [(v, s, str(ckpt_root)) for v in variants for s in ([0] if v == "zeroshot" else seeds)]
-    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     if workers <= 1:
         results = (run_one(params, features, clip_factory, v, s, c) for v, s, c in jobs)
         for (v, s, _), m in zip(jobs, results, strict=False):
             runs[v].append(m)
-            log(f"[ablation] {v} seed {s}: {m}")
+            log(f"[ablation] {v} seed {s}: {_brief(m)}")
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -147,32 +187,70 @@ def run_ablation(
         with ProcessPoolExecutor(workers, ctx, _init_worker, (params_file, features_dir)) as pool:
             for (v, s, _), m in zip(jobs, pool.map(_worker_job, jobs), strict=True):
                 runs[v].append(m)
-                log(f"[ablation] {v} seed {s}: {m}")
+                log(f"[ablation] {v} seed {s}: {_brief(m)}")
     summary = {
-        v: {k: _mean_std([r[k] for r in rs]) for k in rs[0] if k != "seconds"} for v, rs in runs.items() if rs
+        v: {k: _mean_std([r[k] for r in rs]) for k in rs[0] if k in METRICS} for v, rs in runs.items() if rs
     }
-    return {"seeds": seeds, "epochs": params.train.epochs, "summary": summary, "runs": runs}
+    return {
+        "seeds": seeds,
+        "epochs": params.train.epochs,
+        "sampling": params.train.sampling,
+        "summary": summary,
+        "runs": runs,
+    }
 
 
 def markdown_table(result: dict[str, Any]) -> str:
     """The ablation as a Markdown table: mean ± std over seeds."""
     summary = result["summary"]
-    keys = ["t2v_R@1", "t2v_R@5", "v2t_R@1", "content_twin_acc", "order_twin_acc"]
-    heads = ["t2v R@1", "t2v R@5", "v2t R@1", "content-twin acc", "order-twin acc"]
+    keys = ["t2v_R@1", "t2v_R@5", "v2t_R@1", "content_twin_acc", "order_twin_acc", "trainable_parameters"]
+    heads = ["t2v R@1", "t2v R@5", "v2t R@1", "content-twin acc", "order-twin acc", "trained params"]
     lines = ["| Variant | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for v, m in summary.items():
         cells = []
         for k in keys:
-            if k in m:
-                cells.append(
-                    f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}" if m[k]["n"] > 1 else f"{m[k]['mean']:.1f}"
-                )
-            else:
+            if k not in m:
                 cells.append("–")
-        lines.append(f"| {LABELS.get(v, v)} | " + " | ".join(cells) + " |")
+            elif k == "trainable_parameters":
+                cells.append(f"{m[k]['mean']:,.0f}")
+            elif m[k]["n"] > 1:
+                cells.append(f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}")
+            else:
+                cells.append(f"{m[k]['mean']:.1f}")
+        lines.append(f"| {label(v)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+DIAGNOSTICS = {
+    "batch_R@1": "train-batch t2v R@1",
+    "val_t2v_R@1": "val t2v R@1",
+    "p_img_diag": "P_img diagonal",
+    "p_video_diag": "P_video diagonal",
+    "p_img_entropy": "P_img entropy (nats)",
+    "video": "L_video",
+    "img": "L_img",
+    "distill": "L_distill",
+}
+
+
+def diagnostics_table(result: dict[str, Any]) -> str:
+    """Per epoch, mean over seeds: the training diagnostics of every trained row (over-fitting? how
+    peaked is the teacher?). The test number of each row is in the main table."""
+    keys = list(DIAGNOSTICS)
+    lines = ["| Variant | epoch | " + " | ".join(DIAGNOSTICS.values()) + " |", "|---" * (len(keys) + 2) + "|"]
+    for v, runs in result["runs"].items():
+        epochs = [r["epochs"] for r in runs if r.get("epochs")]
+        for e in range(min((len(x) for x in epochs), default=0)):
+            cells = []
+            for k in keys:
+                vals = [x[e][k] for x in epochs if k in x[e]]
+                cells.append(f"{statistics.fmean(vals):.3g}" if vals else "–")
+            lines.append(f"| {label(v)} | {e + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_ablation(result: dict[str, Any], json_path: str | Path, md_path: str | Path) -> None:
     write_json(json_path, result)
-    write_text(md_path, markdown_table(result))
+    write_text(
+        md_path, markdown_table(result) + "\nPer epoch (mean over seeds):\n\n" + diagnostics_table(result)
+    )

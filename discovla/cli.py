@@ -1,12 +1,15 @@
 """The ``discovla`` command: pipeline stages and tools.
 
 Each DVC stage in ``dvc.yaml`` runs a thin script in ``stages/``; the same work is reachable here for
-use outside DVC. Run ``discovla --help`` for the list.
+use outside DVC. Run ``discovla --help`` for the list. Like the stage scripts, a command that fails
+with a known error (:class:`discovla.errors.DiscoVLAError`) prints one line ``error: ...`` and exits 2.
 """
 
 from __future__ import annotations
 
 import typer
+
+from discovla.errors import exits_on_error, run_stage
 
 app = typer.Typer(
     help="DiscoVLA video-text retrieval pipeline (run `dvc repro` for the whole pipeline).",
@@ -21,6 +24,7 @@ def main() -> None:
 
 
 @app.command()
+@exits_on_error
 def doctor() -> None:
     """Check the installation: Python packages, the ffmpeg binary, CUDA."""
     import torch
@@ -37,6 +41,7 @@ def doctor() -> None:
 
 
 @app.command("export-captions")
+@exits_on_error
 def export_captions(
     out: str = typer.Argument(..., help="JSON file to write: {video_id: [caption per frame]}."),
     captions: str = typer.Option("data/captions.parquet", help="Pseudo captions (captions stage)."),
@@ -52,6 +57,7 @@ def export_captions(
 
 
 @app.command("import-captions")
+@exits_on_error
 def import_captions(
     src: str = typer.Argument(..., help="Published pseudo-caption JSON."),
     frames: str = typer.Option("data/frames", help="Frames written by the frames stage."),
@@ -69,11 +75,13 @@ def import_captions(
 
 
 @app.command()
+@exits_on_error
 def ablate(
     seeds: str = typer.Option("1,2,3", help="Comma-separated training seeds."),
     variants: str = typer.Option(
-        "zeroshot,lora,ivfusion,pimgalign,full,full_mean",
-        help="Comma-separated subset of the ablation variants.",
+        "zeroshot,lora,ivfusion,pimgalign,full,full_detach,full_mean",
+        help="Comma-separated ablation rows: zeroshot, lora, ivfusion, pimgalign, full, full_detach, "
+        "full_mean, or beta=X (full DiscoVLA with fusion.beta X, a point of the beta sweep).",
     ),
     params_file: str = typer.Option("params.yaml", help="Parameters (train/fusion/lora/model/evaluate)."),
     features_dir: str = typer.Option("data/features", help="Feature cache written by the features stage."),
@@ -83,7 +91,10 @@ def ablate(
     """Train and evaluate the paper's ablation (zero-shot, LoRA, +IVFusion, +PImgAlign, full) over seeds.
 
     Reads the feature cache, so run `dvc repro features` first. Each run reports the test split at the
-    last epoch (no selection). Writes metrics/ablation.json and metrics/ablation.md.
+    last epoch (no selection), its checkpoint key and seconds, and per epoch its training diagnostics and
+    val R@1. Runs share the train stage's checkpoint root ($DISCOVLA_CHECKPOINTS or .work/checkpoints):
+    a run identical in config, data, frozen weights and code to a finished one (from `dvc exp run`, say)
+    is reused; any other trains afresh. Writes metrics/ablation.json and metrics/ablation.md.
     """
     from pathlib import Path
 
@@ -114,4 +125,4 @@ def ablate(
 
 
 if __name__ == "__main__":
-    app()
+    run_stage(app)

@@ -20,10 +20,12 @@ from typing import Any
 
 import yaml
 
+from discovla.errors import DiscoVLAError
+
 PARAMS_FILE = "params.yaml"
 
 
-class ParamsError(ValueError):
+class ParamsError(DiscoVLAError, ValueError):
     """A params.yaml problem, with a one-line message naming the key."""
 
 
@@ -135,6 +137,8 @@ class TrainParams:
     eps: float = rng(1e-6, 0.0, 1.0, lo_open=True)
     warmup: float = rng(0.1, 0.0, 1.0)
     grad_clip: float = rng(1.0, 0.0, None)
+    sampling: str = one_of("pairs", "pairs", "videos")
+    augment: str = one_of("none", "none", "randaugment")
     device: str = one_of("auto", "auto", "cpu", "cuda")
     precision: str = one_of("auto", "auto", "fp32", "bf16")
 

@@ -7,6 +7,7 @@ used at test time. Both report t2v / v2t ranks (``discovla.retrieval``) and twin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -130,3 +131,19 @@ def evaluate_model(
     model.eval()
     text, video = embed_split(model, features, split, batch_size, device)
     return score(text, video, features, split, chunk_size, float(model.logit_scale), dsl)
+
+
+def validation_monitor(
+    features: Features, batch_size: int, chunk_size: int
+) -> Callable[[int, Any], dict[str, float]]:
+    """An ``on_epoch`` callback for training: t2v / v2t R@1 on the val split (monitoring, never selection).
+    Returns nothing when the cache has no val videos."""
+
+    def monitor(epoch: int, model: Any) -> dict[str, float]:
+        if len(features.split_videos("val")) == 0:
+            return {}
+        device = str(next(iter(model.trainable_parameters())).device)
+        m = evaluate_model(model, features, "val", batch_size, chunk_size, dsl=False, device=device)
+        return {"val_t2v_R@1": m["t2v"]["R@1"], "val_v2t_R@1": m["v2t"]["R@1"]}
+
+    return monitor

@@ -15,6 +15,7 @@ Training never decodes video or images: :func:`load_features` returns dense tens
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from discovla.errors import DiscoVLAError
 from discovla.io import atomic_dir, read_json, write_json
+from discovla.provenance import files_digest, tensors_digest
 from discovla.video import decode_png
 
 
-class FeaturesError(ValueError):
-    pass
+class FeaturesError(DiscoVLAError, ValueError):
+    """A feature cache (or its inputs) that is missing or inconsistent, with what to rerun."""
 
 
 def fixed_list(arr: np.ndarray) -> pa.FixedSizeListArray:
@@ -80,8 +83,16 @@ def build_features(
     """Compute and write the feature cache. Returns the summary also stored in ``meta.json``.
 
     ``dataset_captions`` has columns caption_id, video_id, caption, split (the dataset's real captions);
-    captions of videos without frames (skipped by the frames stage) are dropped and counted.
+    captions of videos without frames (skipped by the frames stage) are dropped and counted. An empty or
+    whitespace-only real caption is a :class:`FeaturesError` (the dataset readers already refuse them).
     """
+    blank = dataset_captions.caption.isna() | (dataset_captions.caption.astype(str).str.strip() == "")
+    if blank.any():
+        row = dataset_captions[blank.to_numpy()].iloc[0]
+        raise FeaturesError(
+            f"caption {row.caption_id} of video {row.video_id!r} is empty or only whitespace "
+            f"({int(blank.sum())} in all): fix the dataset's captions"
+        )
     frames_dir = Path(frames_dir)
     frames = read_frames(frames_dir)
     videos = pd.read_csv(frames_dir / "videos.csv", dtype={"video_id": str})
@@ -181,6 +192,30 @@ class Features:
     cap_tokens: torch.Tensor  # [C, L] int64
     cap_emb: torch.Tensor  # [C, D]
     twins: pd.DataFrame  # video_id, twin_id, kind, split (empty when absent)
+    digest: str = ""  # sha256 of the cache files (set by load_features)
+
+    def fingerprint(self) -> str:
+        """Content hash of everything training reads: the cache files' bytes when loaded from disk,
+        else (features built in memory) the tensors and caption table themselves."""
+        if self.digest:
+            return self.digest
+        table = self.captions[["video_id", "split", "caption", "video_index"]].to_json(orient="split")
+        meta = json.dumps(self.meta, sort_keys=True)
+        return tensors_digest(
+            [
+                ("meta", np.frombuffer(meta.encode(), np.uint8)),
+                ("videos", np.frombuffer("\n".join(self.video_ids).encode(), np.uint8)),
+                ("split", np.frombuffer("\n".join(self.video_split).encode(), np.uint8)),
+                ("pixels", self.pixels),
+                ("frame_emb", self.frame_emb),
+                ("pseudo_tokens", self.pseudo_tokens),
+                ("pseudo_emb", self.pseudo_emb),
+                ("captions", np.frombuffer(table.encode(), np.uint8)),
+                ("cap_tokens", self.cap_tokens),
+                ("cap_emb", self.cap_emb),
+                ("twins", np.frombuffer(self.twins.to_json(orient="split").encode(), np.uint8)),
+            ]
+        )
 
     def split_videos(self, split: str) -> np.ndarray:
         """Indices of the videos in ``split``."""
@@ -242,4 +277,5 @@ def load_features(path: str | Path) -> Features:
         cap_tokens=torch.from_numpy(to_numpy(caps_t.column("tokens")).astype(np.int64)),
         cap_emb=torch.from_numpy(to_numpy(caps_t.column("embedding")).copy()),
         twins=twins,
+        digest=files_digest((f for f in path.iterdir() if f.is_file()), root=path),
     )

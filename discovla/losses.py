@@ -108,7 +108,8 @@ def discovla_loss(
         pseudo_feats: ``[B, F, E]`` projected EOT features of the pseudo captions, or None (then alpha and
             beta must be 0; ``img`` and ``distill`` are returned as 0).
     Returns:
-        ``{"loss", "video", "img", "distill"}`` (0-d tensors; only ``loss`` is meant for backward).
+        ``{"loss", "video", "img", "distill"}`` and the :func:`batch_stats` diagnostics (0-d tensors; only
+        ``loss`` is meant for backward).
     """
     if text_feat.dim() != 2 or frame_feats.dim() != 3 or text_feat.shape[0] != frame_feats.shape[0]:
         raise ValueError(
@@ -124,7 +125,7 @@ def discovla_loss(
             raise ValueError(
                 "pseudo_feats is None but alpha or beta is non-zero: pass pseudo-caption features"
             )
-        return {"loss": l_video, "video": l_video, "img": zero, "distill": zero}
+        return {"loss": l_video, "video": l_video, "img": zero, "distill": zero, **batch_stats(s_video)}
     if pseudo_feats.shape[:1] != frame_feats.shape[:1]:
         raise ValueError(
             f"pseudo_feats {tuple(pseudo_feats.shape)} must have B={frame_feats.shape[0]} videos"
@@ -133,7 +134,27 @@ def discovla_loss(
     l_img = info_nce(s_img, logit_scale)
     l_distill = align_distill(s_img, s_video, logit_scale, detach_teacher=detach_teacher, scale=distill_scale)
     loss = l_video + alpha * l_img + beta * l_distill
-    return {"loss": loss, "video": l_video, "img": l_img, "distill": l_distill}
+    terms = {"loss": loss, "video": l_video, "img": l_img, "distill": l_distill}
+    return {**terms, **batch_stats(s_video, s_img, logit_scale)}
+
+
+@torch.no_grad()
+def batch_stats(
+    s_video: Tensor, s_img: Tensor | None = None, logit_scale: float | Tensor = 100.0
+) -> dict[str, Tensor]:
+    """Diagnostics of one training batch (no gradient): how often a caption ranks its own video first
+    (``batch_R@1``, %, ties pessimistic), and, with the image-level teacher, how peaked the distributions
+    that AlignDistill matches are: mean diagonal probability of row-softmax(tau S) for the teacher
+    (``p_img_diag``) and the student (``p_video_diag``), and the teacher's mean row entropy in nats
+    (``p_img_entropy``)."""
+    diag = s_video.diagonal()
+    out = {"batch_R@1": 100.0 * ((s_video >= diag[:, None]).sum(dim=1) == 1).float().mean()}
+    if s_img is not None:
+        p_img = torch.softmax(logit_scale * s_img, dim=1)
+        out["p_img_diag"] = p_img.diagonal().mean()
+        out["p_img_entropy"] = -(p_img * torch.log(p_img.clamp_min(1e-30))).sum(dim=1).mean()
+        out["p_video_diag"] = torch.softmax(logit_scale * s_video, dim=1).diagonal().mean()
+    return out
 
 
 def _check_square(sim: Tensor, name: str) -> None:

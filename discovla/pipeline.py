@@ -15,7 +15,13 @@ def model_config(p: Params, num_frames: int) -> DiscoVLAConfig:
     return replace(DiscoVLAConfig.from_params(p), num_frames=num_frames)
 
 
-def train_config(p: Params, num_frames: int, **overrides: Any) -> TrainConfig:
+def train_config(
+    p: Params, num_frames: int, model_overrides: dict[str, Any] | None = None, **overrides: Any
+) -> TrainConfig:
+    """The training config from params (``overrides`` replace TrainConfig fields, ``model_overrides``
+    DiscoVLAConfig fields). With alpha = beta = 0 the pseudo captions are never encoded, so the text-side
+    IVFusion adapters could never receive a gradient: they are left out (``text_layers = 0``) rather than
+    trained and counted as dead weight."""
     t = p.train
     cfg = dict(
         seed=t.seed,
@@ -27,13 +33,17 @@ def train_config(p: Params, num_frames: int, **overrides: Any) -> TrainConfig:
         eps=t.eps,
         warmup=t.warmup,
         grad_clip=t.grad_clip,
+        sampling=t.sampling,
+        augment=t.augment,
         alpha=p.fusion.alpha,
         beta=p.fusion.beta,
         detach_teacher=p.fusion.detach_teacher,
         distill_scale=p.fusion.distill_scale,
         device=t.device,
         precision=t.precision,
-        model=model_config(p, num_frames),
     )
     cfg.update(overrides)
-    return TrainConfig(**cfg)
+    model = replace(model_config(p, num_frames), **(model_overrides or {}))
+    if cfg["alpha"] == 0 and cfg["beta"] == 0:
+        model = replace(model, text_layers=0)
+    return TrainConfig(**cfg, model=model)

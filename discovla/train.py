@@ -9,7 +9,14 @@ Inputs come from the feature cache only (pixels, token ids of captions and pseud
 or image is decoded here. Randomness (batch order, which caption of a video) is derived from
 ``seed + epoch``, so a run resumed from its last checkpoint ends with exactly the adapters of an
 uninterrupted run. Checkpoints (safetensors + JSON) are written after every epoch under the
-checkpoint directory, keyed by a hash of everything that determines the run.
+checkpoint directory, keyed by :func:`run_key`: the full training config, the content of the training
+inputs (the feature cache's bytes), the frozen backbone's weights and the source of every ``discovla``
+module that training and its monitoring import. Any changed byte of those starts a fresh run.
+
+An epoch is, as in the reference code, every (video, caption) pair of the train split once
+(``sampling="pairs"``), or one random caption per video (``sampling="videos"``). Training frames may be
+augmented on the fly (``augment="randaugment"``, :mod:`discovla.augment`), one draw per sample that is a
+pure function of (seed, epoch, sample position).
 """
 
 from __future__ import annotations
@@ -30,10 +37,18 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from discovla.augment import AUGMENTS, augment_batch
 from discovla.features import Features
 from discovla.io import atomic_dir, atomic_path, write_json
 from discovla.losses import discovla_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
+from discovla.provenance import source_digest, tensors_digest
+
+SAMPLINGS = ("pairs", "videos")
+CHECKPOINTS_ENV = "DISCOVLA_CHECKPOINTS"
+# what a checkpoint's content depends on: the loop, the model and losses it imports, the backbone builder
+# (activation choice, weight loading) and the monitoring code whose numbers the checkpoint records
+TRAINING_CODE = ("discovla.train", "discovla.backbone", "discovla.evaluate")
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class TrainConfig:
     eps: float = 1e-6
     warmup: float = 0.1
     grad_clip: float = 1.0
+    sampling: str = "pairs"  # pairs: every (video, caption) pair once per epoch | videos: one caption each
+    augment: str = "none"  # none | randaugment (reference policy, same ops on all frames of a video)
     alpha: float = 0.3
     beta: float = 1.0
     detach_teacher: bool = False
@@ -139,20 +156,47 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def epoch_plan(
-    features: Features, videos: np.ndarray, seed: int, epoch: int
+    features: Features, videos: np.ndarray, seed: int, epoch: int, sampling: str = "pairs"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Video order and one caption per video for ``epoch``: a pure function of (seed, epoch)."""
+    """(video index, caption row) of every sample of ``epoch``, in order: a pure function of (seed, epoch).
+
+    ``pairs``: every caption of the ``videos`` once, in a seeded order (the reference code's epoch).
+    ``videos``: every video once, with one seeded random caption of it.
+    """
     rng = np.random.default_rng([seed, epoch])
-    order = videos[rng.permutation(len(videos))]
     caps = features.captions
+    if sampling == "pairs":
+        rows = np.flatnonzero(np.isin(caps.video_index.to_numpy(), videos))
+        chosen = rows[rng.permutation(len(rows))].astype(np.int64)
+        return caps.video_index.to_numpy()[chosen].astype(np.int64), chosen
+    if sampling != "videos":
+        raise ValueError(f"train.sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+    order = videos[rng.permutation(len(videos))]
     by_video = caps.groupby("video_index").indices
     chosen = np.array([by_video[v][rng.integers(len(by_video[v]))] for v in order], dtype=np.int64)
     return order, chosen
 
 
-def run_hash(cfg: TrainConfig, features_meta: dict[str, Any], n_train: int) -> str:
-    blob = json.dumps({"cfg": asdict(cfg), "features": features_meta, "n": n_train}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def run_key(cfg: TrainConfig, features: Features, clip: torch.nn.Module) -> str:
+    """The checkpoint key: config, input content, frozen weights and training code, hashed together."""
+    blob = json.dumps(
+        {
+            "cfg": asdict(cfg),
+            "features": features.fingerprint(),
+            "backbone": tensors_digest(sorted(clip.state_dict().items())),
+            "code": source_digest(TRAINING_CODE),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def checkpoint_root() -> Path:
+    """Where runs keep their checkpoints: ``$DISCOVLA_CHECKPOINTS`` or ``.work/checkpoints``. One root is
+    shared by the train stage, experiments and the ablation: keys are content hashes (:func:`run_key`), so
+    a finished run is reused only by an identical one. Set an absolute path for ``dvc exp run --queue``,
+    whose runs happen in temporary copies of the repository."""
+    return Path(os.environ.get(CHECKPOINTS_ENV) or ".work/checkpoints")
 
 
 def save_checkpoint(
@@ -217,8 +261,11 @@ def train(
     ``stop_after_epoch`` ends the run early (as a crash would) after saving that epoch's checkpoint.
     ``on_epoch(epoch, model)`` may return extra numbers (e.g. validation recall) to record per epoch.
     """
+    if cfg.augment not in AUGMENTS:
+        raise ValueError(f"train.augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
     d = init_distributed(cfg.device)
     device = resolve_device(cfg.device, d)
+    key = run_key(cfg, features, clip)  # before LoRA is installed into clip
     torch.manual_seed(cfg.seed)  # adapter init (A: Kaiming-uniform)
     model = DiscoVLA(clip, cfg.model).to(device)
     params = model.trainable_parameters()
@@ -228,30 +275,33 @@ def train(
     train_videos = features.split_videos("train")
     if cfg.batch_size % d.world:
         raise ValueError(f"train.batch_size {cfg.batch_size} must be divisible by WORLD_SIZE {d.world}")
-    steps_per_epoch = len(train_videos) // cfg.batch_size
+    samples = len(epoch_plan(features, train_videos, cfg.seed, 0, cfg.sampling)[0])
+    steps_per_epoch = samples // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_videos)} train videos < train.batch_size {cfg.batch_size}")
+        raise ValueError(f"{samples} train samples ({cfg.sampling}) < train.batch_size {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
     mean = torch.tensor(features.meta["mean"], device=device).view(3, 1, 1)
     std = torch.tensor(features.meta["std"], device=device).view(3, 1, 1)
     need_pseudo = cfg.alpha > 0 or cfg.beta > 0
 
-    run_dir = Path(ckpt_root) / run_hash(cfg, features.meta, len(train_videos))
-    record: dict[str, Any] = {"epochs": [], "curve": [], "seconds": 0.0}
+    run_dir = Path(ckpt_root) / key
+    record: dict[str, Any] = {"epochs": [], "curve": [], "seconds": 0.0, "checkpoint_key": key}
+    record["resumed_from_epoch"] = 0
     start_epoch = 0
     last = latest_checkpoint(run_dir)
     if last is not None:
         state = load_checkpoint(last, model, opt)
         start_epoch, record = state["epoch"], state["record"]
+        record["resumed_from_epoch"] = start_epoch
         if d.main:
             print(f"resuming from {last} (epoch {start_epoch} of {cfg.epochs})")
 
     local = cfg.batch_size // d.world
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        order, chosen = epoch_plan(features, train_videos, cfg.seed, epoch)
+        order, chosen = epoch_plan(features, train_videos, cfg.seed, epoch, cfg.sampling)
         t0 = time.perf_counter()
-        sums = {"loss": 0.0, "video": 0.0, "img": 0.0, "distill": 0.0}
+        sums: dict[str, float] = {}
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and d.main)
         )
@@ -260,7 +310,8 @@ def train(
             lo = i * cfg.batch_size + d.rank * local
             vids = torch.from_numpy(order[lo : lo + local])
             caps = torch.from_numpy(chosen[lo : lo + local])
-            pixels = normalise(features.pixels[vids].to(device, non_blocking=True), mean, std)
+            raw = augment_batch(features.pixels[vids], cfg.augment, cfg.seed, epoch, range(lo, lo + local))
+            pixels = normalise(raw.to(device, non_blocking=True), mean, std)
             tokens = features.cap_tokens[caps].to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
@@ -289,8 +340,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             vals = {k: float(v.detach()) for k, v in terms.items()}
-            for k in sums:
-                sums[k] += vals.get(k, 0.0)
+            for k, v in vals.items():
+                sums[k] = sums.get(k, 0.0) + v
             record["curve"].append(
                 {"step": step + 1, "epoch": epoch + 1, "lr": lr_at(step, total, cfg), **vals}
             )

@@ -1,7 +1,8 @@
 """Stage `train`: DiscoVLA adapters on the frozen backbone, from the feature cache.
 
 Runs on one device (`python stages/train.py`) or distributed (`torchrun --nproc_per_node N stages/train.py`).
-A rerun after a crash resumes from the last epoch checkpoint under .work/checkpoints/.
+A rerun after a crash resumes from the last epoch checkpoint of an identical run (same config, input
+bytes, frozen weights and training code) under .work/checkpoints/ (or $DISCOVLA_CHECKPOINTS).
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import os
 
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
-from discovla.evaluate import evaluate_model
+from discovla.errors import run_stage
+from discovla.evaluate import validation_monitor
 from discovla.features import load_features
 from discovla.io import write_json
 from discovla.pipeline import train_config
-from discovla.train import save_adapters, train, write_curve
-
-CHECKPOINTS = ".work/checkpoints"
+from discovla.train import checkpoint_root, save_adapters, train, write_curve
 
 
 def main() -> None:
@@ -28,17 +28,8 @@ def main() -> None:
     )
 
     ev = params.evaluate
-
-    def validate(epoch: int, model) -> dict[str, float]:  # noqa: ANN001 - monitoring only, never selection
-        if len(features.split_videos("val")) == 0:
-            return {}
-        device = next(iter(model.trainable_parameters())).device
-        m = evaluate_model(
-            model, features, "val", ev.batch_size, ev.chunk_size, dsl=False, device=str(device)
-        )
-        return {"val_t2v_R@1": m["t2v"]["R@1"], "val_v2t_R@1": m["v2t"]["R@1"]}
-
-    model, record = train(backbone.model, features, cfg, CHECKPOINTS, on_epoch=validate)
+    validate = validation_monitor(features, ev.batch_size, ev.chunk_size)
+    model, record = train(backbone.model, features, cfg, checkpoint_root(), on_epoch=validate)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     info = {
@@ -55,6 +46,7 @@ def main() -> None:
         "metrics/train.json",
         {
             "trainable_parameters": record["trainable_parameters"],
+            "checkpoint_key": record["checkpoint_key"],
             "epochs": len(record["epochs"]),
             "seconds": round(record["seconds"], 1),
             "samples_per_s": round(
@@ -70,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -1,0 +1,66 @@
+"""Ablation runs: content-keyed reuse, the rows' configs, and the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from discovla.ablation import diagnostics_table, markdown_table, run_ablation, run_one, variant_config
+from discovla.config import params_from_dict
+
+PARAMS = params_from_dict(
+    {
+        "frames": {"num_frames": 4},
+        "lora": {"rank": 4},
+        "fusion": {"vision_layers": 2, "text_layers": 1, "adapter_dim": 4},
+        "train": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+        "evaluate": {"batch_size": 32, "chunk_size": 5},
+    }
+)
+
+
+def test_ablation_run_is_reused_only_when_identical(features, tiny_clip_factory, tmp_path: Path) -> None:
+    first = run_one(PARAMS, features, tiny_clip_factory, "ivfusion", 1, tmp_path)
+    again = run_one(PARAMS, features, tiny_clip_factory, "ivfusion", 1, tmp_path)
+    assert first["resumed_from_epoch"] == 0 and again["resumed_from_epoch"] == 1
+    assert again["checkpoint_key"] == first["checkpoint_key"]
+    assert again["t2v_R@1"] == first["t2v_R@1"] and again["epochs"] == first["epochs"]
+    other_seed = run_one(PARAMS, features, tiny_clip_factory, "ivfusion", 2, tmp_path)
+    assert other_seed["checkpoint_key"] != first["checkpoint_key"] and other_seed["resumed_from_epoch"] == 0
+    features.cap_tokens[0, 1] += 1  # one changed token id of the training input
+    changed = run_one(PARAMS, features, tiny_clip_factory, "ivfusion", 1, tmp_path)
+    assert changed["checkpoint_key"] != first["checkpoint_key"] and changed["resumed_from_epoch"] == 0
+
+
+def test_rows_train_only_what_can_receive_a_gradient() -> None:
+    cfgs = {
+        v: variant_config(PARAMS, v, 1, 4) for v in ("lora", "ivfusion", "pimgalign", "full", "beta=0.03")
+    }
+    assert not cfgs["lora"].model.fusion
+    # no pseudo captions are encoded without alpha and beta: no text-side adapters
+    assert cfgs["ivfusion"].model.text_layers == 0 and cfgs["ivfusion"].model.vision_layers == 2
+    assert cfgs["pimgalign"].model.text_layers == 1 and cfgs["pimgalign"].beta == 0.0
+    assert cfgs["beta=0.03"].beta == 0.03 and cfgs["full"].beta == PARAMS.fusion.beta
+    assert variant_config(PARAMS, "full_detach", 1, 4).detach_teacher
+    assert variant_config(PARAMS, "full_mean", 1, 4).distill_scale == "mean"
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_config(PARAMS, "beta=abc", 1, 4)
+
+
+def test_tables_have_a_row_per_variant_and_epoch(features, tiny_clip_factory, tmp_path: Path) -> None:
+    result = run_ablation(
+        PARAMS,
+        features,
+        tiny_clip_factory,
+        seeds=[1, 2],
+        variants=["zeroshot", "lora", "beta=0.5"],
+        ckpt_root=tmp_path,
+        log=lambda _: None,
+    )
+    assert result["summary"]["lora"]["t2v_R@1"]["n"] == 2
+    table = markdown_table(result)
+    assert "| LoRA only |" in table and "| Full DiscoVLA, beta = 0.5 |" in table and "±" in table
+    diag = diagnostics_table(result)
+    rows = [line for line in diag.splitlines() if line.startswith("| Full DiscoVLA, beta = 0.5 | 1 |")]
+    assert len(rows) == 1 and "–" not in rows[0].split("|")[3]  # train-batch R@1 recorded
