@@ -6,11 +6,12 @@ Variants (each trained and evaluated on the test split, last epoch, over several
 - ``lora``: LoRA only (no IVFusion, alpha = beta = 0);
 - ``ivfusion``: + IVFusion (alpha = beta = 0);
 - ``pimgalign``: + PImgAlign (alpha from params, beta = 0);
-- ``full``: full DiscoVLA (alpha, beta and the distillation scaling from params);
-- ``full_detach``: full DiscoVLA with the teacher S_img detached (the reference code does not detach it);
-- ``full_mean``: full DiscoVLA with the batch-size-independent distillation scaling
-  (``fusion.distill_scale: mean``), an extra row: the reference scaling (sum x 100 / B^2) weighs the
-  KL term 4x more at batch 32 than at the paper's batch 128.
+- ``full``: full DiscoVLA with the paper's beta = 1 and the reference scaling (alpha from params);
+- ``full_detach``: the same with the teacher S_img detached (the reference code does not detach it);
+- ``beta=X``: full DiscoVLA with beta X (the params' scaling), a point of the beta sweep;
+- ``full_mean``: beta = 1 with the batch-size-independent distillation scaling
+  (``fusion.distill_scale: mean``): the reference scaling (sum x 100 / B^2) weighs the KL term 4x more
+  at batch 32 than at the paper's batch 128.
 
 Results go to ``metrics/ablation.json`` (mean and sample standard deviation per metric) and a
 Markdown table (``metrics/ablation.md``) that the README quotes.
@@ -36,9 +37,9 @@ LABELS = {
     "lora": "LoRA only",
     "ivfusion": "+ IVFusion",
     "pimgalign": "+ PImgAlign",
-    "full": "Full DiscoVLA (+ AlignDistill, reference scaling)",
-    "full_detach": "Full DiscoVLA, teacher detached",
-    "full_mean": "Full DiscoVLA, AlignDistill with mean KL",
+    "full": "Full DiscoVLA (+ AlignDistill), beta = 1, reference scaling",
+    "full_detach": "Full DiscoVLA, beta = 1, teacher detached",
+    "full_mean": "Full DiscoVLA, beta = 1, AlignDistill with mean KL",
 }
 # per variant: (TrainConfig overrides, DiscoVLAConfig overrides); alpha = beta = 0 also drops the text-side
 # adapters, which could never receive a gradient (discovla.pipeline.train_config)
@@ -46,9 +47,9 @@ OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "lora": ({"alpha": 0.0, "beta": 0.0}, {"fusion": False}),
     "ivfusion": ({"alpha": 0.0, "beta": 0.0}, {"fusion": True}),
     "pimgalign": ({"beta": 0.0}, {"fusion": True}),
-    "full": ({}, {"fusion": True}),
-    "full_detach": ({"detach_teacher": True}, {"fusion": True}),
-    "full_mean": ({"distill_scale": "mean"}, {"fusion": True}),
+    "full": ({"beta": 1.0, "distill_scale": "reference"}, {"fusion": True}),
+    "full_detach": ({"beta": 1.0, "distill_scale": "reference", "detach_teacher": True}, {"fusion": True}),
+    "full_mean": ({"beta": 1.0, "distill_scale": "mean"}, {"fusion": True}),
 }
 
 

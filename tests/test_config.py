@@ -14,11 +14,12 @@ from discovla.config import ParamsError, load_params, params_from_dict
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_repo_params_load_and_are_frozen() -> None:
+def test_repo_params_load_every_key_as_written_and_are_frozen() -> None:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     p = load_params(REPO / "params.yaml")
-    assert p.fusion.alpha == pytest.approx(0.3)
-    assert p.fusion.beta == pytest.approx(1.0)
-    assert p.lora.rank == 8
+    for section, values in raw.items():
+        for key, value in values.items():
+            assert getattr(getattr(p, section), key) == value, f"{section}.{key}"
     with pytest.raises(AttributeError):
         p.fusion.alpha = 0.5  # type: ignore[misc]
 
@@ -36,6 +37,8 @@ def test_repo_params_load_and_are_frozen() -> None:
         ({"fusion": {"distill_scale": "batch"}}, "fusion.distill_scale: expected one of reference, mean"),
         ({"train": {"lr": 0}}, "train.lr: must be > 0"),
         ({"train": {"device": "tpu"}}, "train.device: expected one of"),
+        ({"train": {"sampling": "captions"}}, "train.sampling: expected one of pairs, videos"),
+        ({"train": {"augment": "autoaugment"}}, "train.augment: expected one of none, randaugment"),
         ({"data": {"dataset": "kinetics"}}, "data.dataset: expected one of shapes, folder, msrvtt"),
         ({"shapes": {"order_twin_fraction": 1.5}}, "shapes.order_twin_fraction: must be between 0.0 and 1.0"),
         ({"train": ["a", "b"]}, "train: expected a mapping"),
