@@ -8,12 +8,9 @@ dataset itself cannot be read, has no videos, or no video at all could be sample
 
 from __future__ import annotations
 
-import sys
-
 from discovla.config import load_params_or_exit
 from discovla.data import DatasetError, load_dataset
 from discovla.errors import run_stage
-from discovla.ffmpeg import FFmpegNotFound
 from discovla.io import write_json
 from discovla.video import extract_frames
 
@@ -22,33 +19,22 @@ METRICS = "metrics/frames.json"
 WORK_DIR = ".work/frames"
 
 
-def _fail(message: str) -> None:
-    print(f"error: frames: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def main() -> None:
     params = load_params_or_exit()
     data, fp = params.data, params.frames
-    try:
-        dataset = load_dataset(data.dataset, data.root)
-    except DatasetError as exc:
-        _fail(str(exc))
+    dataset = load_dataset(data.dataset, data.root)
     if len(dataset.videos) == 0:
-        _fail(f"dataset {data.dataset!r} at {data.root} lists no videos")
-    try:
-        metrics = extract_frames(
-            dataset.videos,
-            OUT_DIR,
-            num_frames=fp.num_frames,
-            size=fp.size,
-            workers=fp.workers,
-            shard_rows=fp.shard_rows,
-            work_dir=WORK_DIR,
-            max_fps=fp.max_fps or None,
-        )
-    except FFmpegNotFound as exc:
-        _fail(str(exc))
+        raise DatasetError(f"frames: dataset {data.dataset!r} at {data.root} lists no videos")
+    metrics = extract_frames(
+        dataset.videos,
+        OUT_DIR,
+        num_frames=fp.num_frames,
+        size=fp.size,
+        workers=fp.workers,
+        shard_rows=fp.shard_rows,
+        work_dir=WORK_DIR,
+        max_fps=fp.max_fps or None,
+    )
     write_json(METRICS, metrics)
     reasons = ", ".join(f"{k}: {v}" for k, v in metrics["skipped_by_reason"].items())
     print(
@@ -58,7 +44,7 @@ def main() -> None:
         f"-> {OUT_DIR}"
     )
     if metrics["done"] == 0:
-        _fail(f"no video could be sampled ({reasons}); see {OUT_DIR}/skipped.csv")
+        raise DatasetError(f"frames: no video could be sampled ({reasons}); see {OUT_DIR}/skipped.csv")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Reads params `pretrain_captioner` and `data/shapes/stills/{train,val}.parquet`; 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -32,8 +31,7 @@ METRICS = Path("metrics/pretrain_captioner.json")
 def _read_stills(split: str) -> pd.DataFrame:
     path = STILLS / f"{split}.parquet"
     if not path.exists():
-        print(f"error: {path} not found (run the shapes stage first)", file=sys.stderr)
-        raise SystemExit(2)
+        raise CaptionsError(f"{path} not found (run the shapes stage first)")
     return pd.read_parquet(path, columns=["image", "caption"])
 
 

@@ -11,16 +11,15 @@ world's stand-in for OpenAI CLIP, and a real backbone (ViT-B-16) is never pretra
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
 from discovla.backbone import model_config
-from discovla.config import Params, load_params_or_exit
+from discovla.config import Params, ParamsError, load_params_or_exit
 from discovla.errors import run_stage
 from discovla.io import write_json
-from discovla.pretrain import PretrainConfig, PretrainError, load_stills, save_tiny_clip, train_tiny_clip
+from discovla.pretrain import PretrainConfig, load_stills, save_tiny_clip, train_tiny_clip
 
 CONFIG_NAME = "tiny-clip"
 STILLS = Path("data/shapes/stills")
@@ -42,20 +41,12 @@ def run(params: Params) -> dict:
     context_length = params.model.context_length
     limit = model_config(CONFIG_NAME)["text_cfg"]["context_length"]
     if context_length > limit:
-        print(
-            f"error: model.context_length: the tiny CLIP has {limit} positions, got {context_length}",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+        raise ParamsError(f"model.context_length: the tiny CLIP has {limit} positions, got {context_length}")
     size = model_config(CONFIG_NAME)["vision_cfg"]["image_size"]
-    try:
-        train = load_stills(STILLS / "train.parquet", size)
-        val = load_stills(STILLS / "val.parquet", size)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, metrics = train_tiny_clip(CONFIG_NAME, train, val, cfg, context_length, device=device)
-    except PretrainError as exc:
-        print(f"error: pretrain_clip: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    train = load_stills(STILLS / "train.parquet", size)
+    val = load_stills(STILLS / "val.parquet", size)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, metrics = train_tiny_clip(CONFIG_NAME, train, val, cfg, context_length, device=device)
     save_tiny_clip(model, CONFIG_NAME, OUT_DIR, cfg, context_length, metrics)
     write_json(METRICS, {k: v for k, v in metrics.items() if k != "history"})
     return metrics

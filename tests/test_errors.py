@@ -92,6 +92,19 @@ def test_evaluate_stage_without_features_exits_2(tmp_path: Path) -> None:
     _assert_one_error_line(res, "data/features/meta.json not found")
 
 
+@pytest.mark.parametrize(
+    ("script", "params", "needle"),
+    [
+        ("pretrain_captioner.py", {}, "data/shapes/stills/train.parquet not found"),
+        ("pretrain_clip.py", {"model": {"context_length": 40}}, "model.context_length: the tiny CLIP has"),
+        ("pretrain_clip.py", {}, "stills"),
+        ("captions.py", {}, "no frames shards"),
+    ],
+)
+def test_stage_errors_go_through_run_stage(tmp_path: Path, script: str, params: dict, needle: str) -> None:
+    _assert_one_error_line(_stage(script, tmp_path, params), needle)
+
+
 def test_features_stage_with_a_blank_caption_exits_2(tmp_path: Path) -> None:
     root = _folder(tmp_path / "ds", ["a red circle", "   ", "a blue square"])
     params = {"data": {"dataset": "folder", "root": str(root)}, "model": {"pretrained": ""}}
