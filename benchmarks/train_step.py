@@ -82,7 +82,7 @@ def bench_epoch_plan(videos: int, captions: int, sampling: str) -> float:
     import numpy as np
     import pandas as pd
 
-    from discovla.features import Features
+    from discovla.artifacts.features import Features
     from discovla.train import epoch_plan
 
     vi = np.repeat(np.arange(videos), captions)

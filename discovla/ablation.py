@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from discovla.artifacts.features import Features
 from discovla.config import Params
 from discovla.evaluate import evaluate_model, rounded, validation_monitor, zeroshot
-from discovla.features import Features
 from discovla.io import write_json, write_text
 from discovla.pipeline import train_config
 
@@ -129,9 +129,9 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(params_file: str, features_dir: str) -> None:
     import torch
 
+    from discovla.artifacts.features import load_features
     from discovla.backbone import load_backbone
     from discovla.config import load_params
-    from discovla.features import load_features
 
     torch.set_num_threads(1)  # one process per core: no thread oversubscription
     params = load_params(params_file)
@@ -164,11 +164,11 @@ def run_ablation(
 
     ``clip_factory()`` returns a fresh frozen CLIP for each run. With ``workers > 1`` the runs go to a
     pool of single-threaded processes (which reload ``params_file`` and ``features_dir``). Checkpoints go
-    to ``ckpt_root`` (default: the train stage's, :func:`discovla.train.checkpoint_root`), so a run
-    identical in config, data, weights and code to one already finished there (by the ablation, ``dvc
+    to ``ckpt_root`` (default: the train stage's, :func:`discovla.artifacts.adapters.checkpoint_root`),
+    so a run identical in config, data, weights and code to one already finished there (by the ablation, ``dvc
     repro`` or ``dvc exp run``) is reused, and any other is trained afresh.
     """
-    from discovla.train import checkpoint_root
+    from discovla.artifacts.adapters import checkpoint_root
 
     seeds = list(seeds)
     variants = list(variants)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from discovla.errors import exits_on_error, run_stage
+from discovla.errors import exits_on_error
 
 app = typer.Typer(
     help="DiscoVLA video-text retrieval pipeline (run `dvc repro` for the whole pipeline).",
@@ -47,11 +47,9 @@ def export_captions(
     captions: str = typer.Option("data/captions.parquet", help="Pseudo captions (captions stage)."),
 ) -> None:
     """Export pseudo captions in the published DiscoVLA JSON form, to share them."""
-    import pyarrow.parquet as pq
+    from discovla.artifacts.captions import export_pseudo_captions, read_captions
 
-    from discovla.captioner import export_pseudo_captions
-
-    df = pq.read_table(captions).to_pandas()
+    df = read_captions(captions)
     export_pseudo_captions(df, out)
     typer.echo(f"wrote {df.video_id.nunique()} videos, {len(df)} captions to {out}")
 
@@ -67,7 +65,8 @@ def import_captions(
 
     Inside the pipeline, set `captioner.model: path/to/captions.json` instead, so DVC tracks it.
     """
-    from discovla.captioner import import_pseudo_captions, read_frames_index, write_captions
+    from discovla.artifacts.captions import import_pseudo_captions, write_captions
+    from discovla.artifacts.frames import read_frames_index
 
     df = import_pseudo_captions(src, read_frames_index(frames))
     write_captions(out, df)
@@ -99,9 +98,9 @@ def ablate(
     from pathlib import Path
 
     from discovla.ablation import run_ablation, write_ablation
+    from discovla.artifacts.features import load_features
     from discovla.backbone import load_backbone
     from discovla.config import load_params_or_exit
-    from discovla.features import load_features
 
     params = load_params_or_exit(params_file)
     features = load_features(features_dir)
@@ -125,4 +124,4 @@ def ablate(
 
 
 if __name__ == "__main__":
-    run_stage(app)
+    app()

@@ -1,24 +1,15 @@
-"""Typed, frozen, validated view of ``params.yaml``.
-
-Every section of ``params.yaml`` is a frozen dataclass. :func:`load_params` reads the file and checks
-every key: an unknown key, a wrong type or an out-of-range value raises :class:`ParamsError` with one
-line that names the key and what is allowed. Stage scripts call :func:`load_params_or_exit`, which turns
-that error into one line on stderr and exit status 2 (no traceback).
-
-Constraints live in field metadata: ``rng(lo, hi)`` for numbers (inclusive, ``None`` = unbounded) and
-``one_of(...)`` for strings.
-"""
+"""Typed, frozen view of ``params.yaml``: a strict pydantic model per section, the one place for defaults
+and allowed values (an int for a float key becomes a float; nothing else is coerced). A bad value raises
+:class:`ParamsError`, one line naming the dotted key; :func:`load_params_or_exit` prints it, exits 2."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from discovla.errors import DiscoVLAError
 
@@ -29,211 +20,170 @@ class ParamsError(DiscoVLAError, ValueError):
     """A params.yaml problem, with a one-line message naming the key."""
 
 
-def rng(default: Any, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Any:
-    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open})
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def one_of(default: str, *choices: str) -> Any:
-    return field(default=default, metadata={"choices": choices})
-
-
-@dataclass(frozen=True)
-class DataParams:
-    dataset: str = one_of("shapes", "shapes", "folder", "msrvtt")
+class DataParams(_Section):
+    dataset: Literal["shapes", "folder", "msrvtt"] = "shapes"
     root: str = "data/shapes"
 
 
-@dataclass(frozen=True)
-class ShapesParams:
+class ShapesParams(_Section):
     seed: int = 42
-    train_videos: int = rng(2000, 2)
-    val_videos: int = rng(200, 2)
-    test_videos: int = rng(500, 2)
-    size: int = rng(64, 16, 512)
-    fps: int = rng(10, 1, 60)
-    seconds: float = rng(2.0, 0.5, 60.0)
-    train_captions: int = rng(4, 1, 20)
-    order_twin_fraction: float = rng(0.2, 0.0, 1.0)
-    content_twin_fraction: float = rng(0.3, 0.0, 1.0)
-    stills_train: int = rng(20000, 16)
-    stills_val: int = rng(1000, 16)
+    train_videos: int = Field(2000, ge=2)
+    val_videos: int = Field(200, ge=2)
+    test_videos: int = Field(500, ge=2)
+    size: int = Field(64, ge=16, le=512)
+    fps: int = Field(10, ge=1, le=60)
+    seconds: float = Field(2.0, ge=0.5, le=60.0)
+    train_captions: int = Field(4, ge=1, le=20)
+    order_twin_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    content_twin_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    stills_train: int = Field(20000, ge=16)
+    stills_val: int = Field(1000, ge=16)
 
 
-@dataclass(frozen=True)
-class FramesParams:
-    num_frames: int = rng(8, 1, 256)
-    size: int = rng(32, 8, 1024)
-    workers: int = rng(2, 1, 256)
-    shard_rows: int = rng(50000, 1)
-    max_fps: float = rng(0.0, 0.0, 240.0)
+class FramesParams(_Section):
+    num_frames: int = Field(8, ge=1, le=256)
+    size: int = Field(32, ge=8, le=1024)
+    workers: int = Field(2, ge=1, le=256)
+    shard_rows: int = Field(50000, ge=1)
+    max_fps: float = Field(0.0, ge=0.0, le=240.0)
 
 
-@dataclass(frozen=True)
-class PretrainClipParams:
+class PretrainClipParams(_Section):
     seed: int = 42
-    epochs: int = rng(10, 1, 1000)
-    batch_size: int = rng(256, 2)
-    lr: float = rng(2e-3, 0.0, 1.0, lo_open=True)
-    weight_decay: float = rng(0.1, 0.0, 10.0)
-    warmup: float = rng(0.05, 0.0, 1.0)
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0)
+    warmup: float = Field(0.05, ge=0.0, le=1.0)
 
 
-@dataclass(frozen=True)
-class PretrainCaptionerParams:
+class PretrainCaptionerParams(_Section):
     seed: int = 42
-    epochs: int = rng(6, 1, 1000)
-    batch_size: int = rng(32, 1)
-    lr: float = rng(1e-3, 0.0, 1.0, lo_open=True)
-    weight_decay: float = rng(0.01, 0.0, 10.0)
+    epochs: int = Field(6, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
 
 
-@dataclass(frozen=True)
-class ModelParams:
+class ModelParams(_Section):
     backbone: str = "tiny-clip"
     pretrained: str = "models/tiny-clip/open_clip_model.safetensors"
-    context_length: int = rng(32, 4, 77)
+    context_length: int = Field(32, ge=4, le=77)
 
 
-@dataclass(frozen=True)
-class CaptionerParams:
+class CaptionerParams(_Section):
     model: str = "models/tiny-blip"
-    max_new_tokens: int = rng(32, 1, 128)
-    num_beams: int = rng(1, 1, 16)
-    batch_size: int = rng(128, 1)
+    max_new_tokens: int = Field(32, ge=1, le=128)
+    num_beams: int = Field(1, ge=1, le=16)
+    batch_size: int = Field(128, ge=1)
 
 
-@dataclass(frozen=True)
-class FeaturesParams:
-    batch_size: int = rng(256, 1)
+class FeaturesParams(_Section):
+    batch_size: int = Field(256, ge=1)
 
 
-@dataclass(frozen=True)
-class LoraParams:
-    rank: int = rng(8, 0, 256)
+class LoraParams(_Section):
+    rank: int = Field(8, ge=0, le=256)
 
 
-@dataclass(frozen=True)
-class FusionParams:
+class FusionParams(_Section):
     enabled: bool = True
-    vision_layers: int = rng(4, 0, 48)
-    text_layers: int = rng(2, 0, 48)
-    adapter_dim: int = rng(8, 1, 1024)
-    alpha: float = rng(0.3, 0.0, 100.0)
-    beta: float = rng(1.0, 0.0, 100.0)
+    vision_layers: int = Field(4, ge=0, le=48)
+    text_layers: int = Field(2, ge=0, le=48)
+    adapter_dim: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(0.3, ge=0.0, le=100.0)
+    beta: float = Field(1.0, ge=0.0, le=100.0)
     detach_teacher: bool = False
-    distill_scale: str = one_of("reference", "reference", "mean")
+    distill_scale: Literal["reference", "mean"] = "reference"
     temporal_position: bool = False
 
 
-@dataclass(frozen=True)
-class TrainParams:
+class TrainParams(_Section):
     seed: int = 42
-    epochs: int = rng(5, 1, 1000)
-    batch_size: int = rng(32, 2)
-    lr: float = rng(6e-4, 0.0, 1.0, lo_open=True)
-    weight_decay: float = rng(0.2, 0.0, 10.0)
-    beta1: float = rng(0.9, 0.0, 1.0)
-    beta2: float = rng(0.999, 0.0, 1.0)
-    eps: float = rng(1e-6, 0.0, 1.0, lo_open=True)
-    warmup: float = rng(0.1, 0.0, 1.0)
-    grad_clip: float = rng(1.0, 0.0, None)
-    sampling: str = one_of("pairs", "pairs", "videos")
-    augment: str = one_of("none", "none", "randaugment")
-    device: str = one_of("auto", "auto", "cpu", "cuda")
-    precision: str = one_of("auto", "auto", "fp32", "bf16")
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(6e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.2, ge=0.0, le=10.0)
+    beta1: float = Field(0.9, ge=0.0, le=1.0)
+    beta2: float = Field(0.999, ge=0.0, le=1.0)
+    eps: float = Field(1e-6, gt=0.0, le=1.0)
+    warmup: float = Field(0.1, ge=0.0, le=1.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    sampling: Literal["pairs", "videos"] = "pairs"
+    augment: Literal["none", "randaugment"] = "none"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
-    batch_size: int = rng(256, 1)
-    chunk_size: int = rng(1024, 1)
+class EvaluateParams(_Section):
+    batch_size: int = Field(256, ge=1)
+    chunk_size: int = Field(1024, ge=1)
     dsl: bool = True
 
 
-@dataclass(frozen=True)
-class Params:
-    data: DataParams = field(default_factory=DataParams)
-    shapes: ShapesParams = field(default_factory=ShapesParams)
-    frames: FramesParams = field(default_factory=FramesParams)
-    pretrain_clip: PretrainClipParams = field(default_factory=PretrainClipParams)
-    pretrain_captioner: PretrainCaptionerParams = field(default_factory=PretrainCaptionerParams)
-    model: ModelParams = field(default_factory=ModelParams)
-    captioner: CaptionerParams = field(default_factory=CaptionerParams)
-    features: FeaturesParams = field(default_factory=FeaturesParams)
-    lora: LoraParams = field(default_factory=LoraParams)
-    fusion: FusionParams = field(default_factory=FusionParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+class Params(_Section):
+    data: DataParams = Field(default_factory=DataParams)
+    shapes: ShapesParams = Field(default_factory=ShapesParams)
+    frames: FramesParams = Field(default_factory=FramesParams)
+    pretrain_clip: PretrainClipParams = Field(default_factory=PretrainClipParams)
+    pretrain_captioner: PretrainCaptionerParams = Field(default_factory=PretrainCaptionerParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    captioner: CaptionerParams = Field(default_factory=CaptionerParams)
+    features: FeaturesParams = Field(default_factory=FeaturesParams)
+    lora: LoraParams = Field(default_factory=LoraParams)
+    fusion: FusionParams = Field(default_factory=FusionParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any) -> Any:  # ``fusion:`` with no keys parses as None: all defaults
+        return {} if value is None else value
 
 
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+_WANT = dict(int="an integer", float="a number", bool="true or false", string="a string", model="a mapping")
 
 
-def _check_value(key: str, tp: Any, meta: Any, value: Any) -> Any:
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key}: expected an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"{key}: expected a string, got {value!r}")
-        choices = meta.get("choices")
-        if choices and value not in choices:
-            raise ParamsError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
-    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        allowed = f"{bound} and <= {hi}" if hi is not None else bound
-        raise ParamsError(f"{key}: must be {allowed}, got {value!r}")
-    if hi is not None and value > hi:
-        allowed = f"between {lo} and {hi}" if lo is not None else f"<= {hi}"
-        raise ParamsError(f"{key}: must be {allowed}, got {value!r}")
-    return value
+def _at(loc: tuple[str, ...]) -> Any:  # the model, or a key's annotation, at a location under Params
+    return _at(loc[:-1]).model_fields[loc[-1]].annotation if loc else Params
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{prefix or 'params'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ParamsError(f"{key}: unknown key (allowed: {', '.join(fields)})")
-    kwargs = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, raw.get(name), key)
-        elif name in raw:
-            kwargs[name] = _check_value(key, tp, f.metadata, raw[name])
-    return cls(**kwargs)
+def _one_line(err: Any) -> str:  # a pydantic error as ``<dotted.key>: <what is wrong>, got <value>``
+    loc, kind = tuple(str(part) for part in err["loc"]), err["type"]
+    key, got = ".".join(loc) or "params", f", got {err.get('input')!r}"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (allowed: {', '.join(_at(loc[:-1]).model_fields)})"
+    if kind == "literal_error":
+        return f"{key}: expected one of {', '.join(get_args(_at(loc)))}{got}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal"):
+        meta = _at(loc[:-1]).model_fields[loc[-1]].metadata
+        b = {k: v for m in meta for k in ("ge", "gt", "le") if (v := getattr(m, k, None)) is not None}
+        if kind == "less_than_equal" and "ge" in b:
+            return f"{key}: must be between {b['ge']} and {b['le']}{got}"
+        low = f"> {b['gt']}" if "gt" in b else f">= {b['ge']}"
+        return f"{key}: must be {low}" + (f" and <= {b['le']}" if "le" in b else "") + got
+    what = _WANT.get(kind.split("_")[0])
+    return f"{key}: expected {what}{got}" if what else f"{key}: {' '.join(err['msg'].split())}{got}"
 
 
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    """Validate a parsed params mapping (missing keys take the defaults above)."""
-    return _build(Params, raw, "")
+def params_from_dict(raw: dict[str, Any] | None) -> Params:
+    """Validate a parsed params mapping (missing sections and keys take the defaults above)."""
+    try:
+        return Params.model_validate({} if raw is None else raw)
+    except ValidationError as exc:
+        raise ParamsError(_one_line(exc.errors(include_url=False)[0])) from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read and validate ``params.yaml``. Raises :class:`ParamsError` with a one-line message."""
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         raise ParamsError("file not found (run from the repository root)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

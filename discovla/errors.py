@@ -3,9 +3,9 @@
 Every known error of the pipeline (bad params, a dataset that cannot be read, missing stage inputs, a
 backbone or captioner that cannot be loaded, no ffmpeg, ...) derives from :class:`DiscoVLAError` as well
 as from its usual built-in base (``ValueError``, ``RuntimeError``), so ``except ValueError`` keeps working.
-Stage scripts end with ``run_stage(main)``, and CLI commands are decorated with :func:`exits_on_error`: such
-an error ends the process with one line ``error: <message>`` on stderr and exit status 2, no traceback.
-Any other exception is a bug and keeps its traceback.
+Stage scripts end with ``run_stage(main)``, and ``discovla`` CLI commands are decorated with
+:func:`exits_on_error`: such an error ends the process with one line ``error: <message>`` on stderr and
+exit status 2, no traceback. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def exits_on_error(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def run_stage(main: Callable[[], Any]) -> None:
-    """Run a stage script's ``main``; a known error ends it with one line on stderr and status 2."""
-    exits_on_error(main)()
+def run_stage(main: Callable[..., Any]) -> None:
+    """Run a stage script's ``main`` as a command line (its parameters become typer options, so
+    ``--help`` documents them); a known error ends it with one line on stderr and status 2."""
+    import typer
+
+    typer.run(exits_on_error(main))

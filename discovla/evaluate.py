@@ -14,9 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from discovla.features import Features
+from discovla.artifacts.features import Features
+from discovla.batching import batches
+from discovla.images import normalise
 from discovla.retrieval import retrieval_metrics, twin_accuracy
-from discovla.train import normalise
 
 
 def _twins(features: Features, split: str) -> dict[str, list[tuple[int, int, int]]]:
@@ -102,19 +103,18 @@ def zeroshot(features: Features, split: str, chunk_size: int, dsl: bool) -> dict
 @torch.no_grad()
 def embed_split(model: Any, features: Features, split: str, batch_size: int, device: str) -> tuple:
     """Normalised (text, video) embeddings of a split with a trained model (video-level only)."""
-    mean = torch.tensor(features.meta["mean"], device=device).view(3, 1, 1)
-    std = torch.tensor(features.meta["std"], device=device).view(3, 1, 1)
+    mean, std = features.meta["mean"], features.meta["std"]
     vids = torch.from_numpy(features.split_videos(split))
     per_batch = max(1, batch_size // features.pixels.shape[1])
     videos = []
-    for i in range(0, len(vids), per_batch):
-        pix = normalise(features.pixels[vids[i : i + per_batch]].to(device), mean, std)
+    for sl in batches(len(vids), per_batch):
+        pix = normalise(features.pixels[vids[sl]].to(device), mean, std)
         videos.append(model.video_embedding(model.encode_frames(pix)).float().cpu())
     caps = features.split_captions(split)
     tokens = features.cap_tokens[torch.tensor(caps.index.to_numpy())]
     texts = [
-        F.normalize(model.encode_text(tokens[i : i + batch_size].to(device)).float(), dim=-1).cpu()
-        for i in range(0, len(tokens), batch_size)
+        F.normalize(model.encode_text(tokens[sl].to(device)).float(), dim=-1).cpu()
+        for sl in batches(len(tokens), batch_size)
     ]
     return torch.cat(texts), torch.cat(videos)
 

@@ -3,7 +3,9 @@
 ``logit_scale`` everywhere is the multiplier tau applied to cosine similarities (the *exponentiated*
 CLIP parameter: 100 for OpenAI CLIP), a float or a 0-d tensor.
 
-* :func:`info_nce`: symmetric cross-entropy on ``tau * sim``; rows are texts (t2v), columns videos (v2t).
+* :func:`contrastive_loss`: symmetric cross-entropy over a logits matrix (rows and columns); the one
+  contrastive loss of the project (tiny-CLIP pretraining uses it with repeated-caption positives).
+* :func:`info_nce`: :func:`contrastive_loss` on ``tau * sim``; rows are texts (t2v), columns videos (v2t).
 * :func:`pimg_similarity`: S_img between the pseudo captions of video a and the frames of video b.
 * :func:`align_distill`: KL(P_img || P_video) on rows and columns (teacher S_img, student S_video).
 * :func:`discovla_loss`: L = L_video + alpha L_img + beta L_distill.
@@ -25,12 +27,26 @@ def video_embedding(frame_feats: Tensor) -> Tensor:
     return F.normalize(F.normalize(frame_feats, dim=-1).mean(dim=1), dim=-1)
 
 
+def contrastive_loss(logits: Tensor, groups: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE on square ``logits [B, B]``: the mean of the row-wise and the column-wise
+    cross-entropy. Without ``groups`` item i's positive is i. With ``groups [B]`` (e.g. caption ids), every
+    pair of items in the same group is a positive and the target is uniform over an item's positives, so a
+    duplicated caption is never pushed away from its own copy."""
+    _check_square(logits, "logits")
+    if groups is None:
+        target = torch.arange(logits.shape[0], device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    positives = (groups[:, None] == groups[None, :]).float()
+    targets = positives / positives.sum(1, keepdim=True)
+    rows = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
+    cols = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
+    return (rows + cols) / 2
+
+
 def info_nce(sim: Tensor, logit_scale: float | Tensor) -> Tensor:
     """Symmetric InfoNCE on a square similarity ``[B, B]`` (row i matches column i): mean of t2v, v2t CE."""
     _check_square(sim, "sim")
-    logits = logit_scale * sim
-    target = torch.arange(sim.shape[0], device=sim.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    return contrastive_loss(logit_scale * sim)
 
 
 def pimg_similarity(

@@ -11,8 +11,18 @@ from discovla.train import TrainConfig
 
 
 def model_config(p: Params, num_frames: int) -> DiscoVLAConfig:
-    """The model config from params, with F taken from the feature cache (what training really sees)."""
-    return replace(DiscoVLAConfig.from_params(p), num_frames=num_frames)
+    """The model config from params ``lora`` and ``fusion``, with F taken from the feature cache (what
+    training really sees)."""
+    f = p.fusion
+    return DiscoVLAConfig(
+        lora_rank=p.lora.rank,
+        fusion=f.enabled,
+        vision_layers=f.vision_layers,
+        text_layers=f.text_layers,
+        adapter_dim=f.adapter_dim,
+        temporal_position=f.temporal_position,
+        num_frames=num_frames,
+    )
 
 
 def train_config(
@@ -47,3 +57,19 @@ def train_config(
     if cfg["alpha"] == 0 and cfg["beta"] == 0:
         model = replace(model, text_layers=0)
     return TrainConfig(**cfg, model=model)
+
+
+def train_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """``metrics/train.json`` from a training record: the last epoch's losses and validation recall, the
+    per-epoch table, parameters, speed and the checkpoint key."""
+    epochs = record["epochs"]
+    last = epochs[-1]
+    return {
+        "trainable_parameters": record["trainable_parameters"],
+        "checkpoint_key": record["checkpoint_key"],
+        "epochs": len(epochs),
+        "seconds": round(record["seconds"], 1),
+        "samples_per_s": round(sum(e["samples_per_s"] for e in epochs) / len(epochs), 2),
+        "final": {k: round(v, 5) for k, v in last.items() if k not in ("epoch", "seconds", "samples_per_s")},
+        "per_epoch": [{k: round(v, 5) for k, v in e.items()} for e in epochs],
+    }

@@ -16,12 +16,10 @@ Details that matter on this corpus:
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +27,37 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from discovla.backbone import Backbone, Tokenizer, build_model, model_config, pad_tokens, preprocess_uint8
+from discovla.backbone import Backbone, pad_tokens, preprocess_uint8
+from discovla.clip_factory import build_model
+from discovla.config import PretrainClipParams
 from discovla.errors import DiscoVLAError
-from discovla.io import atomic_dir
+from discovla.images import decode_png, resize
+from discovla.losses import contrastive_loss
 from discovla.retrieval import retrieval_metrics
+from discovla.schedule import warmup_cosine
 
 MAX_LOGIT_SCALE = math.log(100.0)
-WEIGHTS_FILE = "open_clip_model.safetensors"
-CONFIG_FILE = "open_clip_config.json"
 
 
 class PretrainError(DiscoVLAError, ValueError):
     """Unusable pretraining input (missing corpus, bad columns), with what to do."""
 
 
+_PRETRAIN = PretrainClipParams()  # defaults live in one place: discovla/config.py
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Training hyper-parameters (``pretrain_clip`` params plus fixed CLIP choices)."""
+    """Training hyper-parameters: params ``pretrain_clip`` plus CLIP's fixed choices."""
 
-    seed: int = 42
-    epochs: int = 12
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: float = 0.05
+    seed: int = _PRETRAIN.seed
+    epochs: int = _PRETRAIN.epochs
+    batch_size: int = _PRETRAIN.batch_size
+    lr: float = _PRETRAIN.lr
+    weight_decay: float = _PRETRAIN.weight_decay
+    warmup: float = _PRETRAIN.warmup
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     grad_clip: float = 1.0
@@ -99,10 +100,7 @@ def load_stills(path: str | Path, image_size: int, limit: int | None = None) -> 
         raise PretrainError(f"{path}: no stills")
     out = np.empty((len(images), image_size, image_size, 3), dtype=np.uint8)
     for i, data in enumerate(tqdm(images, desc=f"decode {path.name}", unit="img", leave=False)):
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        out[i] = np.asarray(img)
+        out[i] = resize(decode_png(data), image_size)
     return Stills(torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), captions)
 
 
@@ -120,27 +118,6 @@ def random_shift(pixels: torch.Tensor, max_shift: int, generator: torch.Generato
     return out.permute(0, 3, 1, 2).to(pixels.dtype)
 
 
-def clip_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, caption_ids: torch.Tensor
-) -> torch.Tensor:
-    """Symmetric InfoNCE; items sharing a caption id are all positives (uniform soft targets)."""
-    logits = logit_scale * image_emb @ text_emb.T
-    positives = (caption_ids[:, None] == caption_ids[None, :]).float()
-    targets = positives / positives.sum(1, keepdim=True)
-    loss_i2t = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
-    loss_t2i = torch.sum(-targets * F.log_softmax(logits.T, dim=1), dim=1).mean()
-    return (loss_i2t + loss_t2i) / 2
-
-
-def lr_at(step: int, total: int, base_lr: float, warmup: float) -> float:
-    """Linear warm-up over ``warmup * total`` steps, then cosine decay to 0."""
-    warm = int(round(warmup * total))
-    if step < warm:
-        return base_lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """open_clip's split: no decay for gains, biases, norms and the logit scale."""
     decay, no_decay = [], []
@@ -150,21 +127,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
         else:
             decay.append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def _as_backbone(model: Any, name: str, context_length: int) -> Backbone:
-    pre = model.visual.preprocess_cfg
-    return Backbone(
-        model=model,
-        tokenizer=Tokenizer(context_length),
-        image_size=int(model.visual.image_size[0]),
-        mean=tuple(pre["mean"]),
-        std=tuple(pre["std"]),
-        embed_dim=int(model.text_projection.shape[1]),
-        logit_scale=float(model.logit_scale.detach().exp()),
-        name=name,
-        pretrained=None,
-    )
 
 
 @torch.no_grad()
@@ -197,7 +159,7 @@ def train_tiny_clip(
     torch.manual_seed(cfg.seed)
     model = build_model(name, device=device)
     model.train()
-    backbone = _as_backbone(model, name, context_length)
+    backbone = Backbone.from_model(model, name, context_length)
     if backbone.image_size != train.pixels.shape[-1]:
         raise PretrainError(f"stills are {train.pixels.shape[-1]} px, {name} needs {backbone.image_size}")
     steps_per_epoch = len(train) // cfg.batch_size
@@ -208,6 +170,7 @@ def train_tiny_clip(
     _, caption_ids = np.unique(np.asarray(train.captions, dtype=object), return_inverse=True)
     caption_ids = torch.from_numpy(caption_ids.astype(np.int64))
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    schedule = warmup_cosine(opt, cfg.warmup, total)
     gen = torch.Generator().manual_seed(cfg.seed)
     history, step, start, loss_value = [], 0, time.time(), float("nan")
     bar = tqdm(total=total, desc="pretrain tiny CLIP", unit="step", disable=not progress)
@@ -216,18 +179,18 @@ def train_tiny_clip(
         epoch_loss = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, cfg.lr, cfg.warmup)
             pixels = random_shift(train.pixels[idx], cfg.shift, gen)
             images = preprocess_uint8(pixels, backbone.mean, backbone.std).to(device)
             image_emb = F.normalize(model.encode_image(images), dim=-1)
             text_emb = F.normalize(model.encode_text(tokens[idx].to(device)), dim=-1)
-            loss = clip_loss(image_emb, text_emb, model.logit_scale.exp(), caption_ids[idx].to(device))
+            logits = model.logit_scale.exp() * image_emb @ text_emb.T
+            loss = contrastive_loss(logits, caption_ids[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            schedule.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             loss_value = float(loss.detach())
@@ -258,28 +221,3 @@ def train_tiny_clip(
         "val_distinct": len(val.distinct()),
     }
     return model, {**metrics, "history": history}
-
-
-def save_tiny_clip(
-    model: Any, name: str, out_dir: str | Path, cfg: PretrainConfig, context_length: int, metrics: dict
-) -> None:
-    """Write ``open_clip_model.safetensors`` + ``open_clip_config.json`` (open_clip's local-dir layout)."""
-    pre = model.visual.preprocess_cfg
-    config = {
-        "model_cfg": model_config(name),
-        "preprocess_cfg": {
-            "mean": list(pre["mean"]),
-            "std": list(pre["std"]),
-            "interpolation": "bicubic",
-            "resize_mode": "shortest",
-        },
-        "name": name,
-        "context_length": context_length,
-        "training": {**asdict(cfg), "betas": list(cfg.betas)},
-        "metrics": {k: v for k, v in metrics.items() if k != "history"},
-        "history": metrics.get("history", []),
-    }
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_dir(out_dir) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "config": name})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -28,17 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from discovla.batching import batches
+
 SimFn = Callable[[slice], torch.Tensor]
 """``sim_fn(rows)`` returns ``S[rows, :]``, the similarities of a slice of captions to all videos."""
 
 KS = (1, 5, 10, 50)
-
-
-def _chunks(n: int, chunk_size: int) -> Iterator[slice]:
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    for start in range(0, n, chunk_size):
-        yield slice(start, min(start + chunk_size, n))
 
 
 def rank_summary(ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = KS) -> dict[str, float | int]:
@@ -72,7 +67,7 @@ class _Matrix:
         self.col_lse: torch.Tensor | None = None
 
     def rows(self) -> Iterator[tuple[slice, torch.Tensor]]:
-        for rows in _chunks(self.num_texts, self.chunk_size):
+        for rows in batches(self.num_texts, self.chunk_size):
             s = torch.as_tensor(self.sim_fn(rows)).double()
             if s.ndim != 2 or s.shape[0] != rows.stop - rows.start:
                 raise ValueError(
@@ -151,6 +146,8 @@ def retrieval_metrics(
         sim_fn = _embedding_sim_fn(torch.as_tensor(sim), torch.as_tensor(video_emb))
         if len(sim) != len(target):
             raise ValueError(f"{len(sim)} caption embeddings but {len(target)} caption_video_index entries")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     m = _Matrix(sim_fn, len(target), chunk_size, float(dsl_temperature or 0.0))
     variants: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]
     variants = {"": (lambda s: s, lambda s: s)}

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,125 +32,50 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from discovla.augment import AUGMENTS, augment_batch
-from discovla.features import Features
-from discovla.io import atomic_dir, atomic_path, write_json
+from discovla.artifacts.adapters import latest_checkpoint, load_checkpoint, save_checkpoint
+from discovla.artifacts.features import Features
+from discovla.augment import augment_batch
+from discovla.config import FusionParams, TrainParams
+from discovla.distributed import average_gradients, gather_with_grad, init_distributed
+from discovla.images import normalise
 from discovla.losses import discovla_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
 from discovla.provenance import source_digest, tensors_digest
+from discovla.schedule import fast_forward, warmup_cosine
 
 SAMPLINGS = ("pairs", "videos")
-CHECKPOINTS_ENV = "DISCOVLA_CHECKPOINTS"
 # what a checkpoint's content depends on: the loop, the model and losses it imports, the backbone builder
 # (activation choice, weight loading) and the monitoring code whose numbers the checkpoint records
 TRAINING_CODE = ("discovla.train", "discovla.backbone", "discovla.evaluate")
 
 
+_TRAIN, _FUSION = TrainParams(), FusionParams()  # defaults live in one place: discovla/config.py
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    seed: int = 42
-    epochs: int = 5
-    batch_size: int = 32  # global batch (videos)
-    lr: float = 6e-4
-    weight_decay: float = 0.2
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
-    warmup: float = 0.1
-    grad_clip: float = 1.0
-    sampling: str = "pairs"  # pairs: every (video, caption) pair once per epoch | videos: one caption each
-    augment: str = "none"  # none | randaugment (reference policy, same ops on all frames of a video)
-    alpha: float = 0.3
-    beta: float = 1.0
-    detach_teacher: bool = False
-    distill_scale: str = "reference"
-    device: str = "auto"
-    precision: str = "auto"
+    """How to train (params ``train`` and the loss weights of ``fusion``; defaults are params.yaml's)."""
+
+    seed: int = _TRAIN.seed
+    epochs: int = _TRAIN.epochs
+    batch_size: int = _TRAIN.batch_size  # global batch (videos)
+    lr: float = _TRAIN.lr
+    weight_decay: float = _TRAIN.weight_decay
+    betas: tuple[float, float] = (_TRAIN.beta1, _TRAIN.beta2)
+    eps: float = _TRAIN.eps
+    warmup: float = _TRAIN.warmup
+    grad_clip: float = _TRAIN.grad_clip
+    sampling: str = _TRAIN.sampling  # pairs: every (video, caption) pair once per epoch | videos: one each
+    augment: str = _TRAIN.augment  # none | randaugment (reference policy, same ops on all frames of a video)
+    alpha: float = _FUSION.alpha
+    beta: float = _FUSION.beta
+    detach_teacher: bool = _FUSION.detach_teacher
+    distill_scale: str = _FUSION.distill_scale
+    device: str = _TRAIN.device
+    precision: str = _TRAIN.precision
     model: DiscoVLAConfig = field(default_factory=DiscoVLAConfig)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> Dist:
-    """Read RANK / WORLD_SIZE / LOCAL_RANK (torchrun); init the process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Dist(rank, world, local)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums every rank's gradient of the gathered tensor and keeps this rank's
-    slice (a reduce-scatter), on a contiguous gradient. ``torch.distributed.nn.all_gather`` on gloo gave
-    gradients that did not match one process here (tests/test_train.py::test_torchrun_two_ranks_...)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-        ctx.rank, ctx.n = rank, x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n], None, None
-
-
-def gather_with_grad(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, keeping the gradient path to every rank's slice
-    (equal local batch sizes on every rank)."""
-    if d.world == 1:
-        return x
-    return _GatherWithGrad.apply(x, d.rank, d.world)
-
-
-def average_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
-    """Average gradients over ranks (what DDP would do), so every rank takes the same step.
-
-    Every rank computes the same global-batch loss; the gathered-with-grad features route each rank's
-    share of the gradient back to the rank that produced them (summed over the W identical losses), so
-    the rank mean of the local gradients equals the single-process gradient of the global batch.
-    """
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(d.world)
-
-
-def resolve_device(device: str, d: Dist) -> str:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is available")
-        device = f"cuda:{d.local_rank}"
-        torch.cuda.set_device(device)
-    return device
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over ``warmup * total`` steps, then cosine to zero."""
-    warm = int(cfg.warmup * total)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def epoch_plan(
@@ -191,62 +114,6 @@ def run_key(cfg: TrainConfig, features: Features, clip: torch.nn.Module) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def checkpoint_root() -> Path:
-    """Where runs keep their checkpoints: ``$DISCOVLA_CHECKPOINTS`` or ``.work/checkpoints``. One root is
-    shared by the train stage, experiments and the ablation: keys are content hashes (:func:`run_key`), so
-    a finished run is reused only by an identical one. Set an absolute path for ``dvc exp run --queue``,
-    whose runs happen in temporary copies of the repository."""
-    return Path(os.environ.get(CHECKPOINTS_ENV) or ".work/checkpoints")
-
-
-def save_checkpoint(
-    ckpt_dir: Path, model: DiscoVLA, opt: torch.optim.Optimizer, state: dict[str, Any]
-) -> None:
-    """Adapters + optimizer moments as safetensors, counters as JSON; the directory appears atomically."""
-    tensors = {
-        f"adapter.{k}": v.detach().float().cpu().contiguous() for k, v in model.adapter_state_dict().items()
-    }
-    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in st:
-                    tensors[f"opt.{key}.{names[id(p)]}"] = st[key].detach().float().cpu().contiguous()
-            if "step" in st:
-                state.setdefault("opt_step", float(st["step"]))
-    with atomic_dir(ckpt_dir / f"epoch-{state['epoch']:03d}") as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
-        write_json(tmp / "state.json", state)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted(p for p in run_dir.glob("epoch-*") if (p / "state.json").exists())
-    return done[-1] if done else None
-
-
-def load_checkpoint(path: Path, model: DiscoVLA, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    tensors = load_file(str(path / "state.safetensors"))
-    state = json.loads((path / "state.json").read_text())
-    device = next(iter(model.trainable_parameters())).device
-    adapters = {k[len("adapter.") :]: v.to(device) for k, v in tensors.items() if k.startswith("adapter.")}
-    model.load_adapter_state_dict(adapters)
-    for name, p in model.named_parameters():
-        if not p.requires_grad or f"opt.exp_avg.{name}" not in tensors:
-            continue
-        opt.state[p] = {
-            "step": torch.tensor(state["opt_step"]),
-            "exp_avg": tensors[f"opt.exp_avg.{name}"].to(p.device, p.dtype),
-            "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"].to(p.device, p.dtype),
-        }
-    return state
-
-
-def normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, S, S] -> float, CLIP mean/std normalised."""
-    return (pixels.float() / 255.0 - mean) / std
-
-
 def train(
     clip: torch.nn.Module,
     features: Features,
@@ -261,16 +128,13 @@ def train(
     ``stop_after_epoch`` ends the run early (as a crash would) after saving that epoch's checkpoint.
     ``on_epoch(epoch, model)`` may return extra numbers (e.g. validation recall) to record per epoch.
     """
-    if cfg.augment not in AUGMENTS:
-        raise ValueError(f"train.augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment!r}")
-    d = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, d)
+    d, device = init_distributed(cfg.device)
     key = run_key(cfg, features, clip)  # before LoRA is installed into clip
     torch.manual_seed(cfg.seed)  # adapter init (A: Kaiming-uniform)
     model = DiscoVLA(clip, cfg.model).to(device)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.startswith("cuda"))
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
     train_videos = features.split_videos("train")
     if cfg.batch_size % d.world:
@@ -279,9 +143,8 @@ def train(
     steps_per_epoch = samples // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{samples} train samples ({cfg.sampling}) < train.batch_size {cfg.batch_size}")
-    total = steps_per_epoch * cfg.epochs
-    mean = torch.tensor(features.meta["mean"], device=device).view(3, 1, 1)
-    std = torch.tensor(features.meta["std"], device=device).view(3, 1, 1)
+    schedule = warmup_cosine(opt, cfg.warmup, steps_per_epoch * cfg.epochs)
+    mean, std = features.meta["mean"], features.meta["std"]
     need_pseudo = cfg.alpha > 0 or cfg.beta > 0
 
     run_dir = Path(ckpt_root) / key
@@ -293,6 +156,7 @@ def train(
         state = load_checkpoint(last, model, opt)
         start_epoch, record = state["epoch"], state["record"]
         record["resumed_from_epoch"] = start_epoch
+        fast_forward(schedule, start_epoch * steps_per_epoch)  # the schedule where the run stopped
         if d.main:
             print(f"resuming from {last} (epoch {start_epoch} of {cfg.epochs})")
 
@@ -313,9 +177,8 @@ def train(
             raw = augment_batch(features.pixels[vids], cfg.augment, cfg.seed, epoch, range(lo, lo + local))
             pixels = normalise(raw.to(device, non_blocking=True), mean, std)
             tokens = features.cap_tokens[caps].to(device)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg)
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
+            lr = opt.param_groups[0]["lr"]
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 frame_feats = model.encode_frames(pixels)
                 text_feats = model.encode_text(tokens)
                 pseudo = model.encode_pseudo(features.pseudo_tokens[vids].to(device)) if need_pseudo else None
@@ -339,12 +202,11 @@ def train(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            schedule.step()
             vals = {k: float(v.detach()) for k, v in terms.items()}
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v
-            record["curve"].append(
-                {"step": step + 1, "epoch": epoch + 1, "lr": lr_at(step, total, cfg), **vals}
-            )
+            record["curve"].append({"step": step + 1, "epoch": epoch + 1, "lr": lr, **vals})
             bar.set_postfix(loss=f"{vals['loss']:.3f}")
         seconds = time.perf_counter() - t0
         entry = {k: v / steps_per_epoch for k, v in sums.items()}
@@ -371,29 +233,3 @@ def train(
     record["trainable_parameters"] = model.num_trainable()
     record["run_dir"] = str(run_dir)
     return model, record
-
-
-def save_adapters(out_dir: str | Path, model: DiscoVLA, info: dict[str, Any]) -> None:
-    """``adapters.safetensors`` (trainable tensors only) + ``config.json``, as one atomic directory."""
-    with atomic_dir(out_dir) as tmp:
-        tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.adapter_state_dict().items()}
-        save_file(tensors, str(tmp / "adapters.safetensors"))
-        write_json(tmp / "config.json", {"model": model.config_dict(), **info})
-
-
-def load_adapters(path: str | Path, clip: torch.nn.Module, device: str = "cpu") -> DiscoVLA:
-    """Rebuild a trained DiscoVLA from ``adapters.safetensors`` + ``config.json`` and a frozen CLIP."""
-    path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())["model"]
-    model = DiscoVLA(clip, DiscoVLAConfig(**cfg)).to(device)
-    model.load_adapter_state_dict(
-        {k: v.to(device) for k, v in load_file(str(path / "adapters.safetensors")).items()}
-    )
-    return model.eval()
-
-
-def write_curve(path: str | Path, curve: list[dict[str, Any]]) -> None:
-    cols = ["step", "epoch", "lr", "loss", "video", "img", "distill"]
-    lines = [",".join(cols)] + [",".join(f"{row.get(c, 0.0):.6g}" for c in cols) for row in curve]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")

@@ -1,42 +1,46 @@
-"""Stage `captions`: one pseudo caption per sampled frame (BLIP captioner, `oracle`, or imported JSON).
+"""Stage ``captions``: one pseudo caption per sampled frame (BLIP captioner, ``oracle``, or imported JSON).
 
-Reads params `data` and `captioner`, the frames shards `data/frames/shard-*.parquet` and, on the shapes
-world, `<data.root>/frame_truth.parquet`; writes `data/captions.parquet` (video_id, frame, caption: exactly
-one row per frame row) and `metrics/captions.json` (counts, speed, agreement with the shapes ground truth).
+Reads params ``data`` and ``captioner``, the frames store and, on the shapes world,
+``<data.root>/frame_truth.parquet``. Writes the captions table (video_id, frame, caption: exactly one row
+per frame row) and its metrics (counts, speed, agreement with the shapes ground truth).
 """
 
 from __future__ import annotations
 
-from discovla.captioner import make_captions, write_captions
+from pathlib import Path
+
+import typer
+
+from discovla.artifacts.captions import write_captions
+from discovla.captioner import make_captions
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
 from discovla.io import write_json
 
-FRAMES = "data/frames"
-OUT = "data/captions.parquet"
-METRICS = "metrics/captions.json"
 
-
-def main() -> None:
+def main(
+    frames: Path = typer.Option(..., help="Frames store (frames stage)."),
+    out: Path = typer.Option(..., help="Captions table to write (Parquet)."),
+    metrics: Path = typer.Option(..., help="Captions metrics JSON."),
+) -> None:
     params = load_params_or_exit()
     c = params.captioner
-    captions, metrics = make_captions(
+    captions, stats = make_captions(
         c.model,
-        FRAMES,
+        frames,
         batch_size=c.batch_size,
         max_new_tokens=c.max_new_tokens,
         num_beams=c.num_beams,
         dataset=params.data.dataset,
         root=params.data.root,
     )
-    write_captions(OUT, captions)
-    write_json(METRICS, metrics)
-    agreement = metrics.get("agreement", {})
+    write_captions(out, captions)
+    write_json(metrics, stats)
+    agreement = stats.get("agreement", {})
     extra = f", exact match {agreement['exact_match']:.3f}" if agreement else ""
     print(
-        f"captions: {metrics['frames']} frames of {metrics['videos']} videos, "
-        f"{metrics['empty_captions']} empty, "
-        f"{metrics['captions_per_s']:.0f}/s{extra}"
+        f"captions: {stats['frames']} frames of {stats['videos']} videos, {stats['empty_captions']} empty, "
+        f"{stats['captions_per_s']:.0f}/s{extra} -> {out}"
     )
 
 

@@ -1,54 +1,47 @@
-"""Stage `evaluate`: zero-shot baseline and trained DiscoVLA on the test split (last epoch, no selection)."""
+"""Stage ``evaluate``: zero-shot baseline and trained DiscoVLA on the test split (last epoch, no selection).
+
+Reads params ``model`` and ``evaluate``, the feature cache and the trained adapters.
+"""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import typer
+
+from discovla.artifacts.adapters import load_adapters
+from discovla.artifacts.features import load_features
+from discovla.artifacts.metrics import write_recall_curve
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
 from discovla.evaluate import evaluate_model, zeroshot
-from discovla.features import load_features
-from discovla.io import atomic_path, write_json
-from discovla.train import load_adapters
-
-KS = (1, 2, 3, 5, 10, 20, 50)
+from discovla.io import write_json
+from discovla.runtime import resolve_device
 
 
-def recall_curve(results: dict[str, dict]) -> str:
-    """CSV with one row per K and one column per (model, direction), for `dvc plots`."""
-    from discovla.retrieval import recall_at
-
-    cols = [f"{m}_{d}" for m in results for d in ("t2v", "v2t")]
-    lines = ["k," + ",".join(cols)]
-    for k in KS:
-        vals = [f"{recall_at(results[m][d], k):.3f}" for m in results for d in ("t2v", "v2t")]
-        lines.append(f"{k}," + ",".join(vals))
-    return "\n".join(lines) + "\n"
-
-
-def main() -> None:
+def main(
+    features: Path = typer.Option(..., help="Feature cache (features stage)."),
+    adapters: Path = typer.Option(..., help="Trained adapters (train stage)."),
+    metrics: Path = typer.Option(..., help="Retrieval metrics JSON of the trained model."),
+    zeroshot_metrics: Path = typer.Option(..., "--zeroshot", help="Zero-shot baseline metrics JSON."),
+    curve: Path = typer.Option(..., help="Recall@K curve CSV."),
+) -> None:
     params = load_params_or_exit()
-    ev = params.evaluate
-    features = load_features("data/features")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    zs = zeroshot(features, "test", ev.chunk_size, ev.dsl)
-    backbone = load_backbone(
-        params.model.backbone,
-        params.model.pretrained,
-        device=device,
-        context_length=params.model.context_length,
-    )
-    model = load_adapters("models/discovla", backbone.model, device=device)
-    trained = evaluate_model(model, features, "test", ev.batch_size, ev.chunk_size, ev.dsl, device=device)
+    ev, m = params.evaluate, params.model
+    cache = load_features(features)
+    device = str(resolve_device("auto"))
+    zs = zeroshot(cache, "test", ev.chunk_size, ev.dsl)
+    backbone = load_backbone(m.backbone, m.pretrained, device=device, context_length=m.context_length)
+    model = load_adapters(adapters, backbone.model, device=device)
+    trained = evaluate_model(model, cache, "test", ev.batch_size, ev.chunk_size, ev.dsl, device=device)
     ranks = {"zeroshot": zs.pop("ranks"), "discovla": trained.pop("ranks")}
-    write_json("metrics/zeroshot.json", zs)
-    write_json("metrics/retrieval.json", {**trained, "zeroshot": {k: zs[k] for k in ("t2v", "v2t", "twins")}})
-    with atomic_path("metrics/recall_at_k.csv") as tmp:
-        tmp.write_text(recall_curve(ranks))
-    for name, m in (("zero-shot", zs), ("DiscoVLA", trained)):
-        tw = ", ".join(f"{k} twins {v:.1f}%" for k, v in m.get("twins", {}).items())
-        print(f"{name}: t2v R@1 {m['t2v']['R@1']:.1f}, v2t R@1 {m['v2t']['R@1']:.1f}; {tw}")
+    write_json(zeroshot_metrics, zs)
+    write_json(metrics, {**trained, "zeroshot": {k: zs[k] for k in ("t2v", "v2t", "twins")}})
+    write_recall_curve(curve, ranks)
+    for name, r in (("zero-shot", zs), ("DiscoVLA", trained)):
+        tw = ", ".join(f"{k} twins {v:.1f}%" for k, v in r.get("twins", {}).items())
+        print(f"{name}: t2v R@1 {r['t2v']['R@1']:.1f}, v2t R@1 {r['v2t']['R@1']:.1f}; {tw}")
 
 
 if __name__ == "__main__":

@@ -1,42 +1,47 @@
-"""Stage `features`: decode frames once, run the frozen backbone once, cache everything in Parquet."""
+"""Stage ``features``: decode the sampled frames once, run the frozen backbone once, cache it in Parquet.
+
+Reads params ``data``, ``model`` and ``features``, the frames store, the pseudo captions and the dataset's
+real captions (and ``twins.csv`` when the dataset has one).
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-import torch
+import typer
 
+from discovla.artifacts.features import build_features
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
 from discovla.data import load_dataset
 from discovla.errors import run_stage
-from discovla.features import build_features
+from discovla.runtime import resolve_device
 
 
-def main() -> None:
+def main(
+    frames: Path = typer.Option(..., help="Frames store (frames stage)."),
+    captions: Path = typer.Option(..., help="Pseudo captions table (captions stage)."),
+    out: Path = typer.Option(..., help="Directory for the feature cache."),
+) -> None:
     params = load_params_or_exit()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.perf_counter()
-    backbone = load_backbone(
-        params.model.backbone,
-        params.model.pretrained,
-        device=device,
-        context_length=params.model.context_length,
-    )
+    m = params.model
+    device = resolve_device("auto")
+    backbone = load_backbone(m.backbone, m.pretrained, device=device, context_length=m.context_length)
     dataset = load_dataset(params.data.dataset, params.data.root)
     meta = build_features(
         backbone,
-        frames_dir="data/frames",
-        captions_path="data/captions.parquet",
+        frames_dir=frames,
+        captions_path=captions,
         dataset_captions=dataset.captions,
-        out_dir="data/features",
+        out_dir=out,
         batch_size=params.features.batch_size,
         twins_csv=Path(params.data.root) / "twins.csv",
     )
     print(
         f"features: {meta['videos']} videos, {meta['frames']} frames, {meta['captions']} captions "
-        f"in {time.perf_counter() - start:.1f} s"
+        f"in {time.perf_counter() - start:.1f} s -> {out}"
     )
 
 

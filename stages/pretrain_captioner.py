@@ -1,8 +1,8 @@
-"""Stage `pretrain_captioner`: train the tiny BLIP captioner from scratch on the shapes still-image corpus.
+"""Stage ``pretrain_captioner``: train the tiny BLIP captioner from scratch on the shapes still-image corpus.
 
-Reads params `pretrain_captioner` and `data/shapes/stills/{train,val}.parquet`; writes `models/tiny-blip/`
-(``save_pretrained`` model + processor, loadable by ``load_captioner("models/tiny-blip")``) and
-`metrics/pretrain_captioner.json` (held-out exact match and per-attribute accuracy, steps, seconds).
+Reads params ``pretrain_captioner`` and the stills corpus (``train.parquet``, ``val.parquet``). Writes the
+model (``save_pretrained`` model + processor, loadable by ``load_captioner(<out>)`` like a hub model) and
+metrics (held-out exact match and per-attribute accuracy, steps, seconds).
 """
 
 from __future__ import annotations
@@ -10,47 +10,44 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import typer
+from PIL import Image
 
-from discovla.captioner import (
-    Captioner,
-    CaptionsError,
-    decode_png,
-    evaluate_captioner,
-    load_captioner,
-    pretrain_tiny_captioner,
-)
+from discovla.captioner import Captioner, load_captioner
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
+from discovla.images import decode_png
 from discovla.io import write_json
-
-STILLS = Path("data/shapes/stills")
-OUT = Path("models/tiny-blip")
-METRICS = Path("metrics/pretrain_captioner.json")
+from discovla.text import CaptionsError
+from discovla.tiny_blip import evaluate_captioner, pretrain_tiny_captioner
 
 
-def _read_stills(split: str) -> pd.DataFrame:
-    path = STILLS / f"{split}.parquet"
+def _read_stills(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise CaptionsError(f"{path} not found (run the shapes stage first)")
     return pd.read_parquet(path, columns=["image", "caption"])
 
 
-def _check_reload(captioner: Captioner, probe: list) -> None:
+def _check_reload(out: Path, captioner: Captioner, probe: list[Image.Image]) -> None:
     """The saved directory, loaded like any hub model, must caption exactly like the trained model."""
-    reloaded = load_captioner(str(OUT), captioner.device)
+    reloaded = load_captioner(str(out), captioner.device)
     n = captioner.max_new_tokens_limit
     if reloaded.caption(probe, 32, n, progress=False) != captioner.caption(probe, 32, n, progress=False):
-        raise CaptionsError(f"{OUT}: the saved captioner does not reproduce the trained one")
+        raise CaptionsError(f"{out}: the saved captioner does not reproduce the trained one")
 
 
-def main() -> None:
+def main(
+    stills: Path = typer.Option(..., help="Stills corpus directory (shapes stage)."),
+    out: Path = typer.Option(..., help="Directory for the trained captioner."),
+    metrics: Path = typer.Option(..., help="Pretraining metrics JSON."),
+) -> None:
     params = load_params_or_exit()
     p = params.pretrain_captioner
-    train, val = _read_stills("train"), _read_stills("val")
+    train, val = _read_stills(stills / "train.parquet"), _read_stills(stills / "val.parquet")
     captioner, stats = pretrain_tiny_captioner(
         train.image.tolist(),
         train.caption.tolist(),
-        OUT,
+        out,
         seed=p.seed,
         epochs=p.epochs,
         batch_size=p.batch_size,
@@ -58,16 +55,16 @@ def main() -> None:
         weight_decay=p.weight_decay,
     )
     val_metrics = evaluate_captioner(captioner, val.image.tolist(), val.caption.tolist())
-    _check_reload(captioner, [decode_png(b) for b in val.image.tolist()[:32]])
-    size = sum(f.stat().st_size for f in OUT.iterdir() if f.is_file())
+    _check_reload(out, captioner, [Image.fromarray(decode_png(b)) for b in val.image.tolist()[:32]])
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     examples = val_metrics.pop("examples")
-    write_json(METRICS, {**val_metrics, "size_bytes": size, "train_images": len(train), "train": stats})
+    write_json(metrics, {**val_metrics, "size_bytes": size, "train_images": len(train), "train": stats})
     for ex in examples[:3]:
         print(f"  truth:     {ex['truth']}\n  predicted: {ex['predicted']}")
     print(
         f"pretrain_captioner: {stats['steps']} steps in {stats['seconds']:.0f} s "
-        f"(loss {stats['final_loss']:.3f}), "
-        f"val exact match {val_metrics['exact_match']:.3f}, {OUT} {size / 1e6:.1f} MB"
+        f"(loss {stats['final_loss']:.3f}), val exact match {val_metrics['exact_match']:.3f}, "
+        f"{out} {size / 1e6:.1f} MB"
     )
 
 

@@ -1,31 +1,34 @@
-"""Stage ``shapes``: generate the embedded shapes world into ``data/shapes`` (fixed path, the dvc out).
+"""Stage ``shapes``: generate the embedded shapes world.
 
-Reads params section ``shapes``. Writes ``data/shapes/{videos/, captions.csv, twins.csv,
-frame_truth.parquet, stills/}`` atomically and ``metrics/shapes.json``.
+Reads params ``shapes``. Writes ``<out>/{videos/, captions.csv, twins.csv, frame_truth.parquet, stills/}``
+atomically and the world's statistics.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import typer
 
 from discovla.config import load_params_or_exit
 from discovla.data.shapes import generate_world
 from discovla.errors import run_stage
 from discovla.io import write_json
 
-ROOT = "data/shapes"
-METRICS = "metrics/shapes.json"
 
-
-def main() -> None:
+def main(
+    out: Path = typer.Option(..., help="Directory of the generated world (the shapes dataset root)."),
+    metrics: Path = typer.Option(..., help="World statistics JSON."),
+) -> None:
     params = load_params_or_exit()
     workers = max(1, min(2, os.cpu_count() or 1))
-    metrics = generate_world(params.shapes, ROOT, workers=workers)
-    metrics["workers"] = workers
-    write_json(METRICS, metrics)
-    counts = ", ".join(f"{split} {m['videos']}" for split, m in metrics["splits"].items())
-    stills = sum(m["images"] for m in metrics["stills"].values())
-    print(f"shapes: videos {counts}; {stills} stills; {metrics['seconds']:.1f} s -> {ROOT}")
+    stats = generate_world(params.shapes, out, workers=workers)
+    stats["workers"] = workers
+    write_json(metrics, stats)
+    counts = ", ".join(f"{split} {m['videos']}" for split, m in stats["splits"].items())
+    stills = sum(m["images"] for m in stats["stills"].values())
+    print(f"shapes: videos {counts}; {stills} stills; {stats['seconds']:.1f} s -> {out}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def synthetic_features(n_train: int = 16, n_test: int = 6, frames: int = 4, size: int = 32, ctx: int = 32):
-    """A small, valid :class:`discovla.features.Features` built from random numbers."""
-    from discovla.features import Features
+    """A small, valid :class:`discovla.artifacts.features.Features` built from random numbers."""
+    from discovla.artifacts.features import Features
 
     rng = np.random.default_rng(0)
     n = n_train + n_test
@@ -83,3 +83,12 @@ def tiny_clip_factory():
         return load_backbone("tiny-clip", None, context_length=32).model
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+    """A randomly initialised, frozen tiny CLIP with a 16-token context."""
+    from discovla.backbone import load_backbone
+
+    torch.manual_seed(0)
+    return load_backbone("tiny-clip", None, context_length=16)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import runpy
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +12,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.stages import stage_command
 
-from discovla.captioner import (
+from discovla.artifacts.captions import (
     CAPTIONS_SCHEMA,
-    CaptionsError,
-    TinyBlipSpec,
     check_one_caption_per_frame,
     export_pseudo_captions,
     import_pseudo_captions,
-    make_captions,
-    pretrain_tiny_captioner,
+    read_captions,
     resample_uniform,
     write_captions,
 )
-from discovla.data.shapes import png_bytes, sample_still, still_caption
+from discovla.captioner import make_captions
+from discovla.data.shapes import sample_still, still_caption
+from discovla.images import encode_png
+from discovla.text import CaptionsError
+from discovla.tiny_blip import TinyBlipSpec, pretrain_tiny_captioner
 
 VIDEOS = ["v0", "video_1", "v2"]
 TIMESTAMPS = [0.12, 0.63, 1.18, 1.71]  # nearest source frames at 10 fps: 1, 6, 12, 17
@@ -44,7 +47,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for v, vid in enumerate(VIDEOS):
         for f, t in enumerate(TIMESTAMPS):
             img, _ = _still(v, f, 32)
-            rows.append({"video_id": vid, "frame": f, "timestamp": t, "image": png_bytes(img)})
+            rows.append({"video_id": vid, "frame": f, "timestamp": t, "image": encode_png(img)})
     frames = pd.DataFrame(rows).astype({"frame": "int32"})
     (root / "data/frames").mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(frames.iloc[:7]), root / "data/frames/shard-00000.parquet")
@@ -82,7 +85,7 @@ def test_tiny_captioner_captions_real_frames(world: Path, tmp_path: Path) -> Non
     spec = TinyBlipSpec(
         patch_size=8, vision_hidden=32, vision_layers=1, text_hidden=32, text_layers=1, heads=2, mlp_ratio=2
     )
-    images = [png_bytes(img) for img, _ in stills]  # PNG bytes, 64 px, like the stills corpus
+    images = [encode_png(img) for img, _ in stills]  # PNG bytes, 64 px, like the stills corpus
     pretrain_tiny_captioner(
         images, [c for _, c in stills], tmp_path / "blip", epochs=1, batch_size=4, spec=spec, device="cpu"
     )
@@ -102,6 +105,9 @@ def test_tiny_captioner_captions_real_frames(world: Path, tmp_path: Path) -> Non
     write_captions(tmp_path / "captions.parquet", captions)
     table = pq.read_table(tmp_path / "captions.parquet")
     assert table.schema.equals(CAPTIONS_SCHEMA) and table.num_rows == 12
+    pd.testing.assert_frame_equal(read_captions(tmp_path / "captions.parquet"), captions)
+    with pytest.raises(CaptionsError, match="not found"):
+        read_captions(tmp_path / "none.parquet")
 
 
 def test_one_caption_per_frame_is_enforced() -> None:
@@ -153,19 +159,21 @@ def test_import_suffix_keys_resampling_and_errors(tmp_path: Path) -> None:
         import_pseudo_captions(tmp_path / "bad.json", frames)
 
 
-def test_stage_script_writes_outputs(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage_script_writes_outputs(world: Path, tmp_path: Path) -> None:
     work = tmp_path / "repo"
     (work / "data").mkdir(parents=True)
     (work / "data/frames").symlink_to(world / "data/frames")
     (work / "params.yaml").write_text(
         f"data:\n  dataset: shapes\n  root: {world / 'data/shapes'}\ncaptioner:\n  model: oracle\n"
     )
-    monkeypatch.chdir(work)
-    runpy.run_path(str(Path(__file__).parents[1] / "stages/captions.py"), run_name="__main__")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(stage_command("captions"), cwd=work, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
     assert pq.read_table(work / "data/captions.parquet").num_rows == 12
     metrics = json.loads((work / "metrics/captions.json").read_text())
     assert metrics["captioner"] == "oracle" and metrics["agreement"]["exact_match"] == 1.0
-    (work / "params.yaml").write_text("captioner:\n  model: models/none\n")
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(Path(__file__).parents[1] / "stages/captions.py"), run_name="__main__")
-    assert exit_info.value.code == 2
+    (work / "params.yaml").write_text(
+        f"data:\n  dataset: shapes\n  root: {world / 'data/shapes'}\ncaptioner:\n  model: models/none\n"
+    )
+    res = subprocess.run(stage_command("captions"), cwd=work, capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and res.stderr.startswith("error: captioner.model:"), res.stderr

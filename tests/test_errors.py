@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers.stages import stage_command
 
 from discovla.errors import DiscoVLAError, exits_on_error, run_stage
 
@@ -20,15 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_known_errors_share_a_base_and_keep_their_own() -> None:
-    from discovla.backbone import BackboneError, BackboneUnavailable
-    from discovla.captioner import CaptionerUnavailable, CaptionsError
+    from discovla.artifacts.features import FeaturesError
+    from discovla.captioner import CaptionerUnavailable
+    from discovla.clip_factory import BackboneError, BackboneUnavailable
     from discovla.config import ParamsError
     from discovla.data import DatasetError
     from discovla.data.shapes import ShapesError
-    from discovla.features import FeaturesError
     from discovla.ffmpeg import FFmpegNotFound
     from discovla.model.discovla import AdapterStateError
     from discovla.pretrain import PretrainError
+    from discovla.text import CaptionsError
 
     value_errors = (
         FeaturesError,
@@ -48,8 +50,11 @@ def test_known_errors_share_a_base_and_keep_their_own() -> None:
         assert issubclass(cls, RuntimeError), cls
 
 
-def test_run_stage_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from discovla.features import FeaturesError
+def test_run_stage_prints_one_line_and_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["stage.py"])
+    from discovla.artifacts.features import FeaturesError
 
     def main() -> None:
         raise FeaturesError("first line\n  second line")
@@ -60,7 +65,9 @@ def test_run_stage_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().err == "error: first line; second line\n"
 
 
-def test_run_stage_leaves_other_exceptions_and_results_alone() -> None:
+def test_run_stage_leaves_other_exceptions_and_results_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["stage.py"])
+
     def bug() -> None:
         raise KeyError("bug")
 
@@ -75,7 +82,7 @@ def test_run_stage_leaves_other_exceptions_and_results_alone() -> None:
 def _stage(script: str, cwd: Path, params: dict) -> subprocess.CompletedProcess:
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(REPO / "stages" / script)]
+    cmd = stage_command(script.removesuffix(".py"))
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -172,14 +179,3 @@ def test_folder_reader_keeps_good_captions(tmp_path: Path) -> None:
 
     ds = load_dataset("folder", _folder(tmp_path / "ds", ["a red circle", " a blue square "]))
     assert ds.captions.caption.tolist() == ["a red circle", " a blue square "]
-
-
-def test_build_features_refuses_a_blank_caption(tmp_path: Path) -> None:
-    from discovla.features import FeaturesError, build_features
-
-    caps = pd.DataFrame(
-        {"caption_id": [0, 1], "video_id": ["a", "b"], "caption": ["a red circle", "  "], "split": "test"}
-    )
-    with pytest.raises(FeaturesError, match=r"caption 1 of video 'b' is empty or only whitespace"):
-        build_features(None, tmp_path / "frames", tmp_path / "c.parquet", caps, tmp_path / "out")
-    assert not (tmp_path / "out").exists()

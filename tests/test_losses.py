@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discovla.losses import align_distill, discovla_loss, info_nce, pimg_similarity, video_embedding
+from discovla.losses import (
+    align_distill,
+    contrastive_loss,
+    discovla_loss,
+    info_nce,
+    pimg_similarity,
+    video_embedding,
+)
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -152,3 +159,26 @@ def test_discovla_loss_without_pseudo_captions():
         discovla_loss(text, frames, None, 10.0, alpha=0.3, beta=1.0)
     with pytest.raises(ValueError, match="same B"):
         discovla_loss(text[:2], frames, None, 10.0, alpha=0.0, beta=0.0)
+
+
+def test_contrastive_loss_is_cross_entropy_both_ways_and_merges_repeated_groups() -> None:
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    logits = 10.0 * img @ txt.T
+    labels = torch.arange(6)
+    expected = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    assert torch.allclose(contrastive_loss(logits), expected)
+    assert torch.allclose(contrastive_loss(logits, labels), expected)  # distinct groups: the plain loss
+    # items sharing a group (a repeated caption) are all positives, the target split evenly between them
+    groups = torch.tensor([0, 0, 1, 2, 3, 4])
+    soft = (groups[:, None] == groups[None, :]).float()
+    soft = soft / soft.sum(1, keepdim=True)
+    expected = (F.cross_entropy(logits, soft) + F.cross_entropy(logits.T, soft)) / 2
+    assert torch.allclose(contrastive_loss(logits, groups), expected)
+    # so swapping the texts of two members of a group changes nothing, unlike with distinct groups
+    swapped = 10.0 * img @ txt[[1, 0, 2, 3, 4, 5]].T
+    assert torch.allclose(contrastive_loss(swapped, groups), contrastive_loss(logits, groups))
+    assert not torch.allclose(contrastive_loss(swapped), contrastive_loss(logits))
+    with pytest.raises(ValueError, match="square"):
+        contrastive_loss(logits[:4])

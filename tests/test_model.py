@@ -259,11 +259,10 @@ def test_video_embedding_is_normalised_mean():
 
 
 def _loss(model: DiscoVLA, px, tokens, pseudo):
-    out = model(px, tokens, pseudo)
     return discovla_loss(
-        out["text_feat"],
-        out["frame_feats"],
-        out["pseudo_feats"],
+        model.encode_text(tokens),
+        model.encode_frames(px),
+        model.encode_pseudo(pseudo) if pseudo is not None else None,
         model.logit_scale,
         0.3,
         1.0,
@@ -378,8 +377,8 @@ def test_load_adapter_state_mismatch_errors():
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="vision_layers"):
         DiscoVLA(make_clip(TINY), DiscoVLAConfig(vision_layers=9))
-    with pytest.raises(ValueError, match="lora_rank"):
-        DiscoVLAConfig(lora_rank=-1)
+    with pytest.raises(ValueError, match="LoRA rank must be >= 0"):
+        DiscoVLA(make_clip(TINY), DiscoVLAConfig(lora_rank=-1))
     model = DiscoVLA(make_clip(TINY), DiscoVLAConfig())
     with pytest.raises(ValueError, match="context length"):
         model.encode_text(torch.zeros(2, 17, dtype=torch.long))
@@ -393,11 +392,12 @@ def test_config_from_params_and_json():
     import json
 
     from discovla.config import params_from_dict
+    from discovla.pipeline import model_config
 
     params = params_from_dict(
         {"lora": {"rank": 4}, "fusion": {"vision_layers": 2}, "frames": {"num_frames": 6}}
     )
-    cfg = DiscoVLAConfig.from_params(params)
+    cfg = model_config(params, num_frames=6)
     assert (cfg.lora_rank, cfg.vision_layers, cfg.num_frames, cfg.text_layers) == (4, 2, 6, 2)
     model = DiscoVLA(make_clip(TINY), cfg)
     assert json.loads(json.dumps(model.config_dict())) == model.config_dict()

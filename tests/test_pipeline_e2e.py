@@ -28,11 +28,11 @@ TINY = {
         "stills_val": 32,
     },
     "frames": {"num_frames": 4, "workers": 2},
-    "pretrain_clip": {"epochs": 1, "batch_size": 32},
+    "pretrain_clip": {"epochs": 30, "batch_size": 32},  # ~6 s: a CLIP good enough that training can help
     "pretrain_captioner": {"epochs": 1, "batch_size": 32},
     "captioner": {"max_new_tokens": 8, "batch_size": 32},
     "features": {"batch_size": 64},
-    "train": {"epochs": 2, "batch_size": 8},
+    "train": {"epochs": 6, "batch_size": 8},
     "evaluate": {"batch_size": 32, "chunk_size": 5},
 }
 
@@ -84,9 +84,12 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     zs = json.loads((metrics / "zeroshot.json").read_text())
     for m in (retrieval, zs):
         assert m["t2v"]["queries"] == 12
-        assert 0.0 <= m["t2v"]["R@1"] <= 100.0
+    # the run learns: training lowers its loss, and the trained model ranks the test videos better than the
+    # frozen CLIP it started from (mean rank over all 12 queries, and no worse at R@1)
     train = json.loads((metrics / "train.json").read_text())
-    assert train["epochs"] == 2 and train["trainable_parameters"] > 0
+    assert train["epochs"] == 6 and train["trainable_parameters"] > 0
+    assert train["per_epoch"][-1]["loss"] < train["per_epoch"][0]["loss"]
+    assert retrieval["t2v"]["MnR"] < zs["t2v"]["MnR"] and retrieval["t2v"]["R@1"] >= zs["t2v"]["R@1"]
     assert (repo / "models/discovla/adapters.safetensors").exists()
     assert (repo / "data/captions.parquet").exists()
 

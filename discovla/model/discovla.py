@@ -22,10 +22,13 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
+from discovla.config import FramesParams, FusionParams, LoraParams
 from discovla.errors import DiscoVLAError
 from discovla.losses import video_embedding
 from discovla.model.fusion import FusionLayer, fusion_block_forward
 from discovla.model.lora import install_lora
+
+_LORA, _FUSION, _FRAMES = LoraParams(), FusionParams(), FramesParams()  # defaults: discovla/config.py
 
 
 class AdapterStateError(DiscoVLAError, ValueError):
@@ -34,36 +37,16 @@ class AdapterStateError(DiscoVLAError, ValueError):
 
 @dataclass(frozen=True)
 class DiscoVLAConfig:
-    """What to train on top of the frozen CLIP (params.yaml: ``lora``, ``fusion``, ``frames.num_frames``)."""
+    """What to train on top of the frozen CLIP (params.yaml: ``lora``, ``fusion``; validated there). F is
+    the number of frames per video of the feature cache."""
 
-    lora_rank: int = 8
-    fusion: bool = True
-    vision_layers: int = 4
-    text_layers: int = 2
-    adapter_dim: int = 8
-    temporal_position: bool = False
-    num_frames: int = 8
-
-    def __post_init__(self) -> None:
-        for name, lo in (("lora_rank", 0), ("vision_layers", 0), ("text_layers", 0), ("adapter_dim", 1)):
-            if getattr(self, name) < lo:
-                raise ValueError(f"DiscoVLAConfig.{name} must be >= {lo}, got {getattr(self, name)}")
-        if self.num_frames < 1:
-            raise ValueError(f"DiscoVLAConfig.num_frames must be >= 1, got {self.num_frames}")
-
-    @classmethod
-    def from_params(cls, params: Any) -> DiscoVLAConfig:
-        """Build from a validated :class:`discovla.config.Params`."""
-        f = params.fusion
-        return cls(
-            lora_rank=params.lora.rank,
-            fusion=f.enabled,
-            vision_layers=f.vision_layers,
-            text_layers=f.text_layers,
-            adapter_dim=f.adapter_dim,
-            temporal_position=f.temporal_position,
-            num_frames=params.frames.num_frames,
-        )
+    lora_rank: int = _LORA.rank
+    fusion: bool = _FUSION.enabled
+    vision_layers: int = _FUSION.vision_layers
+    text_layers: int = _FUSION.text_layers
+    adapter_dim: int = _FUSION.adapter_dim
+    temporal_position: bool = _FUSION.temporal_position
+    num_frames: int = _FRAMES.num_frames
 
 
 class DiscoVLA(nn.Module):
@@ -203,17 +186,6 @@ class DiscoVLA(nn.Module):
         return self._text_head(x, pos).view(b, f, -1)
 
     # ---- misc ----------------------------------------------------------------------------------------
-    def forward(
-        self, pixels: Tensor, tokens: Tensor, pseudo_tokens: Tensor | None = None
-    ) -> dict[str, Tensor | None]:
-        """Everything one training step needs (so DDP can wrap the model):
-        ``{"frame_feats": [B, F, E], "text_feat": [N, E], "pseudo_feats": [B, F, E] or None}``."""
-        return {
-            "frame_feats": self.encode_frames(pixels),
-            "text_feat": self.encode_text(tokens),
-            "pseudo_feats": self.encode_pseudo(pseudo_tokens) if pseudo_tokens is not None else None,
-        }
-
     @staticmethod
     def video_embedding(frame_feats: Tensor) -> Tensor:
         """``[B, F, E] -> [B, E]`` = normalise(mean_f normalise(frame_feats))."""

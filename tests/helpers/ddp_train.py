@@ -12,9 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import synthetic_features  # noqa: E402
 
+from discovla.artifacts.adapters import save_adapters  # noqa: E402
 from discovla.backbone import load_backbone  # noqa: E402
 from discovla.model import DiscoVLAConfig  # noqa: E402
-from discovla.train import TrainConfig, save_adapters, train  # noqa: E402
+from discovla.train import TrainConfig, train  # noqa: E402
 
 
 def main(out: str) -> None:

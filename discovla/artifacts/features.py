@@ -28,10 +28,12 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from discovla.artifacts.captions import read_captions
+from discovla.artifacts.frames import read_frames, read_videos
+from discovla.batching import batches
 from discovla.errors import DiscoVLAError
 from discovla.io import atomic_dir, read_json, write_json
 from discovla.provenance import files_digest, tensors_digest
-from discovla.video import decode_png
 
 
 class FeaturesError(DiscoVLAError, ValueError):
@@ -54,20 +56,10 @@ def to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = None) -> np.ndarra
     return out.astype(dtype, copy=False) if dtype is not None else out
 
 
-def read_frames(frames_dir: str | Path) -> pd.DataFrame:
-    """All rows of the frames shards (video_id, frame, timestamp, image), in stored order."""
-    shards = sorted(Path(frames_dir).glob("shard-*.parquet"))
-    if not shards:
-        raise FeaturesError(f"no frames shards in {frames_dir}: run the frames stage first")
-    return pd.concat([pq.read_table(s).to_pandas() for s in shards], ignore_index=True)
-
-
 def _embed(encode: Any, x: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
     """``encode`` (a backbone's batched, normalising encoder) over ``x`` with a progress bar."""
-    out = [
-        encode(torch.from_numpy(x[i : i + batch_size]), batch_size).numpy()
-        for i in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False)
-    ]
+    chunks = list(batches(len(x), batch_size))
+    out = [encode(torch.from_numpy(x[sl]), batch_size).numpy() for sl in tqdm(chunks, desc=desc, leave=False)]
     return np.concatenate(out).astype(np.float32)
 
 
@@ -83,20 +75,12 @@ def build_features(
     """Compute and write the feature cache. Returns the summary also stored in ``meta.json``.
 
     ``dataset_captions`` has columns caption_id, video_id, caption, split (the dataset's real captions);
-    captions of videos without frames (skipped by the frames stage) are dropped and counted. An empty or
-    whitespace-only real caption is a :class:`FeaturesError` (the dataset readers already refuse them).
+    captions of videos without frames (skipped by the frames stage) are dropped and counted. The dataset
+    readers (:func:`discovla.data.load_dataset`) have already refused empty or whitespace-only captions.
     """
-    blank = dataset_captions.caption.isna() | (dataset_captions.caption.astype(str).str.strip() == "")
-    if blank.any():
-        row = dataset_captions[blank.to_numpy()].iloc[0]
-        raise FeaturesError(
-            f"caption {row.caption_id} of video {row.video_id!r} is empty or only whitespace "
-            f"({int(blank.sum())} in all): fix the dataset's captions"
-        )
-    frames_dir = Path(frames_dir)
-    frames = read_frames(frames_dir)
-    videos = pd.read_csv(frames_dir / "videos.csv", dtype={"video_id": str})
-    pseudo = pq.read_table(captions_path).to_pandas()
+    frames, images = read_frames(frames_dir)
+    videos = read_videos(frames_dir)
+    pseudo = read_captions(captions_path)
     key = ["video_id", "frame"]
     pseudo = frames[key].merge(pseudo, on=key, how="left", validate="one_to_one")
     if pseudo.caption.isna().any():
@@ -106,7 +90,6 @@ def build_features(
         )
 
     size = backbone.image_size
-    images = np.stack([decode_png(b) for b in tqdm(frames.image, desc="decode frames", leave=False)])
     if images.shape[1:3] != (size, size):
         raise FeaturesError(
             f"frames are {images.shape[1]}x{images.shape[2]} but {backbone.name} expects {size}x{size}: "

@@ -1,4 +1,4 @@
-"""Frame sampling with ffmpeg, and the ``frames`` stage (Parquet shards of sampled frames).
+"""Frame sampling with ffmpeg: decode one video in one pass and choose F frames uniformly over its duration.
 
 :func:`sample_frames` decodes a video in ONE ffmpeg pass (no ffprobe): the first video stream (attached
 cover pictures excluded) goes through ``scale`` (shorter side to ``size``, bicubic) -> centre ``crop`` to
@@ -27,24 +27,16 @@ when over 2/3 of the packets fail), ``ffmpeg timed out``, ``ffmpeg failed: <firs
 line>``. A truncated file that still decodes some frames without tripping ffmpeg's error-rate limit is
 sampled from its decodable part (``source_frames`` and ``duration`` show how much was left).
 
-:func:`extract_frames` runs the sampler over a dataset's videos in parallel and writes the ``frames``
-stage output described in ``docs/formats.md``.
+This module knows nothing of the pipeline's files: :mod:`discovla.artifacts.frames` runs it over a dataset
+and writes the ``frames`` store.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
-import io
-import json
-import multiprocessing
 import os
 import re
-import shutil
 import subprocess
-import time
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -52,28 +44,8 @@ from typing import Any
 
 import ffmpeg
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
-from tqdm import tqdm
 
 from discovla.ffmpeg import ffmpeg_exe
-from discovla.io import atomic_dir, write_parquet
-
-# Bump when the sampling or the part-file layout changes, so that stale resume parts are never reused.
-_ALGO_VERSION = 1
-_PNG_LEVEL = 6
-_FRAMES_SCHEMA = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("frame", pa.int32()),
-        ("timestamp", pa.float64()),
-        ("image", pa.binary()),
-    ]
-)
-_VIDEOS_COLUMNS = ["video_id", "split", "source_frames", "duration", "repeated"]
-_SKIPPED_COLUMNS = ["video_id", "path", "reason"]
 
 
 class VideoError(Exception):
@@ -301,245 +273,3 @@ def sample_frames(
         duration=float(span * tb),
         repeated=len(set(chosen)) < num_frames,
     )
-
-
-# --------------------------------------------------------------------------------------------- the stage
-
-
-def encode_png(frame: np.ndarray) -> bytes:
-    """PNG bytes of one uint8 ``[H, W, 3]`` RGB frame (fixed compression level: deterministic bytes)."""
-    buf = io.BytesIO()
-    Image.fromarray(frame, "RGB").save(buf, format="PNG", compress_level=_PNG_LEVEL)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB array from PNG bytes."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class _Task:
-    video_id: str
-    path: str
-    num_frames: int
-    size: int
-    max_fps: float | None
-    timeout: float
-
-
-def _process(task: _Task) -> dict[str, Any]:
-    """Worker: sample one video and PNG-encode its frames, or report why it was skipped."""
-    try:
-        s = sample_frames(task.path, task.num_frames, task.size, max_fps=task.max_fps, timeout=task.timeout)
-    except VideoError as exc:
-        return {"video_id": task.video_id, "reason": exc.reason}
-    return {
-        "video_id": task.video_id,
-        "images": [encode_png(f) for f in s.frames],
-        "timestamps": s.timestamps.tolist(),
-        "source_frames": s.source_frames,
-        "duration": s.duration,
-        "repeated": s.repeated,
-    }
-
-
-def _work_key(videos: pd.DataFrame, num_frames: int, size: int, max_fps: float | None, batch: int) -> str:
-    """Hash of everything a part file depends on: the video list (with file size and mtime), the params."""
-    items = []
-    for vid, path in zip(videos.video_id, videos.path, strict=True):
-        try:
-            st = os.stat(path)
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stamp = None
-        items.append([vid, path, stamp])
-    blob = json.dumps([_ALGO_VERSION, num_frames, size, max_fps, batch, items]).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _write_part(
-    path: Path, results: list[dict[str, Any]], splits: dict[str, str], paths: dict[str, str]
-) -> None:
-    """One resume part: the frames rows of a batch, with its videos/skipped rows in the schema metadata."""
-    cols: dict[str, list[Any]] = {name: [] for name in _FRAMES_SCHEMA.names}
-    videos, skipped = [], []
-    for r in results:
-        vid = r["video_id"]
-        if "reason" in r:
-            skipped.append([vid, paths[vid], r["reason"]])
-            continue
-        videos.append([vid, splits[vid], r["source_frames"], r["duration"], r["repeated"]])
-        for i, (ts, img) in enumerate(zip(r["timestamps"], r["images"], strict=True)):
-            cols["video_id"].append(vid)
-            cols["frame"].append(i)
-            cols["timestamp"].append(ts)
-            cols["image"].append(img)
-    meta = {b"discovla.videos": json.dumps(videos), b"discovla.skipped": json.dumps(skipped)}
-    table = pa.table(cols, schema=_FRAMES_SCHEMA.with_metadata(meta))
-    write_parquet(path, table)
-
-
-def _read_part_meta(path: Path) -> tuple[list[list[Any]], list[list[Any]]]:
-    meta = pq.read_schema(path).metadata
-    return json.loads(meta[b"discovla.videos"]), json.loads(meta[b"discovla.skipped"])
-
-
-class _ShardWriter:
-    """Writes rows into ``shard-00000.parquet``, ... of at most ``shard_rows`` rows each (zstd)."""
-
-    def __init__(self, out_dir: Path, shard_rows: int) -> None:
-        self.out_dir, self.shard_rows = out_dir, shard_rows
-        self.shards = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._rows = 0
-
-    def _open(self) -> None:
-        name = self.out_dir / f"shard-{self.shards:05d}.parquet"
-        self._writer = pq.ParquetWriter(name, _FRAMES_SCHEMA, compression="zstd")
-        self.shards += 1
-        self._rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        table = table.replace_schema_metadata(None)
-        offset = 0
-        while offset < table.num_rows:
-            if self._writer is None or self._rows >= self.shard_rows:
-                self.close()
-                self._open()
-            n = min(self.shard_rows - self._rows, table.num_rows - offset)
-            self._writer.write_table(table.slice(offset, n))
-            self._rows += n
-            offset += n
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def finish(self) -> int:
-        if self.shards == 0:  # no frames at all: one empty shard, so readers always find the schema
-            self._open()
-        self.close()
-        return self.shards
-
-
-def _pending_results(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[dict[str, Any]]:
-    """Results in task order; parallel over ``workers`` processes (inline when workers == 1)."""
-    if workers == 1 or len(tasks) <= 1:
-        for t in tasks:
-            r = _process(t)
-            bar.update(1)
-            yield r
-        return
-    chunk = max(1, min(8, len(tasks) // (workers * 4)))
-    with multiprocessing.Pool(workers) as pool:
-        for r in pool.imap(_process, tasks, chunksize=chunk):
-            bar.update(1)
-            yield r
-
-
-def _check_videos(videos: pd.DataFrame) -> pd.DataFrame:
-    missing = {"video_id", "path", "split"} - set(videos.columns)
-    if missing:
-        raise ValueError(f"videos table is missing column(s) {', '.join(sorted(missing))}")
-    videos = videos.reset_index(drop=True).astype({"video_id": str, "path": str, "split": str})
-    dup = videos.video_id[videos.video_id.duplicated()]
-    if len(dup):
-        raise ValueError(f"video_id {dup.iloc[0]!r} appears twice in the videos table")
-    return videos
-
-
-def extract_frames(
-    videos: pd.DataFrame,
-    out_dir: str | Path,
-    num_frames: int,
-    size: int,
-    workers: int = 1,
-    shard_rows: int = 50000,
-    work_dir: str | Path = ".work/frames",
-    *,
-    batch_videos: int = 64,
-    max_fps: float | None = None,
-    timeout: float = 600.0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Sample every video of ``videos`` (columns video_id, path, split) and write ``out_dir``.
-
-    Output (docs/formats.md): ``shard-XXXXX.parquet`` (video_id, frame, timestamp, image PNG; rows in the
-    table's video order, then frame), ``videos.csv`` and ``skipped.csv``. ``out_dir`` is replaced
-    atomically. Videos are processed in batches of ``batch_videos``; each finished batch is kept as
-    ``work_dir/<key>/part-XXXXX.parquet`` (key: hash of the video list, file sizes/mtimes and params), so a
-    rerun after a crash decodes only the missing batches; that directory is removed after success.
-
-    Returns metrics: videos, done, skipped, skipped_by_reason (keyed by the reason's category, the text
-    before ':'), repeated, frames, shards, resumed (videos taken from earlier parts), seconds, and
-    videos_per_s / frames_per_s: videos decoded (skipped included) and frames written in
-    this run (resumed parts excluded) over the run's wall-clock seconds.
-    """
-    if min(num_frames, size, workers, shard_rows, batch_videos) < 1:
-        raise ValueError("num_frames, size, workers, shard_rows and batch_videos must all be >= 1")
-    t0 = time.perf_counter()
-    videos = _check_videos(videos)
-    splits = dict(zip(videos.video_id, videos.split, strict=True))
-    paths = dict(zip(videos.video_id, videos.path, strict=True))
-    parts_dir = Path(work_dir) / _work_key(videos, num_frames, size, max_fps, batch_videos)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-
-    batches = [videos.iloc[i : i + batch_videos] for i in range(0, len(videos), batch_videos)]
-    part_paths = [parts_dir / f"part-{b:05d}.parquet" for b in range(len(batches))]
-    todo = [b for b, p in enumerate(part_paths) if not p.exists()]
-    resumed = len(videos) - sum(len(batches[b]) for b in todo)
-    tasks = [
-        _Task(vid, path, num_frames, size, max_fps, timeout)
-        for b in todo
-        for vid, path in zip(batches[b].video_id, batches[b].path, strict=True)
-    ]
-    new_frames = 0
-    with tqdm(total=len(videos), initial=resumed, desc="frames", unit="video", disable=not progress) as bar:
-        results = _pending_results(tasks, workers, bar)
-        try:
-            for b in todo:
-                batch = [next(results) for _ in range(len(batches[b]))]
-                new_frames += sum(len(r.get("images", ())) for r in batch)
-                _write_part(part_paths[b], batch, splits, paths)
-        finally:
-            results.close()  # stops the worker pool, also on error
-
-    video_rows: list[list[Any]] = []
-    skipped_rows: list[list[Any]] = []
-    with atomic_dir(out_dir) as tmp:
-        shards = _ShardWriter(tmp, shard_rows)
-        frames_written = 0
-        for p in part_paths:
-            v, s = _read_part_meta(p)
-            video_rows += v
-            skipped_rows += s
-            table = pq.read_table(p)
-            frames_written += table.num_rows
-            shards.write(table)
-        n_shards = shards.finish()
-        pd.DataFrame(video_rows, columns=_VIDEOS_COLUMNS).to_csv(tmp / "videos.csv", index=False)
-        pd.DataFrame(skipped_rows, columns=_SKIPPED_COLUMNS).to_csv(tmp / "skipped.csv", index=False)
-    shutil.rmtree(parts_dir)
-    try:
-        Path(work_dir).rmdir()  # only if no other (stale) work is left in it
-    except OSError:
-        pass
-
-    seconds = time.perf_counter() - t0
-    by_reason = Counter(r[2].split(":", 1)[0] for r in skipped_rows)
-    return {
-        "videos": len(videos),
-        "done": len(video_rows),
-        "skipped": len(skipped_rows),
-        "skipped_by_reason": dict(sorted(by_reason.items())),
-        "repeated": sum(bool(r[4]) for r in video_rows),
-        "frames": frames_written,
-        "shards": n_shards,
-        "resumed": resumed,
-        "seconds": round(seconds, 3),
-        "videos_per_s": round(len(tasks) / seconds, 3),
-        "frames_per_s": round(new_frames / seconds, 3),
-    }

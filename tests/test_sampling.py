@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from discovla.ffmpeg import ffmpeg_exe
-from discovla.video import VideoError, choose_frames, sample_frames
+from discovla.sampling import VideoError, choose_frames, sample_frames
 
 # The reasons a broken or truncated file may legitimately get (a truncated file may also decode partly).
 BAD_REASONS = ("not a video", "no decodable frames", "too many decode errors", "no video stream")
@@ -193,6 +193,6 @@ FAILURES = [
 @pytest.mark.parametrize(("stderr", "decoded", "reason"), FAILURES)
 def test_failure_reasons_are_stable(stderr: str, decoded: int, reason: str) -> None:
     """Reasons never carry ffmpeg's per-run pointer addresses, so they group across videos."""
-    from discovla.video import _classify_failure
+    from discovla.sampling import _classify_failure
 
     assert _classify_failure(stderr, decoded) == reason

@@ -1,0 +1,5 @@
+"""One module per stage artifact: its on-disk format (docs/formats.md), its writer and its reader.
+
+The DAG in order: :mod:`frames` (sampled frames store) -> :mod:`captions` (pseudo captions table) ->
+:mod:`features` (feature cache) -> :mod:`adapters` (trained adapters and training checkpoints).
+"""

@@ -1,0 +1,183 @@
+"""The frames store's writer and reader over a small folder dataset mixing good and bad videos: outputs,
+metrics, resume."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import discovla.artifacts.frames as store
+from discovla.artifacts.frames import (
+    FramesStoreError,
+    count_frames,
+    extract_frames,
+    iter_frame_batches,
+    read_frames,
+    read_frames_index,
+    read_videos,
+)
+from discovla.data import load_dataset
+from discovla.ffmpeg import ffmpeg_exe
+from discovla.images import decode_png
+from discovla.sampling import sample_frames
+
+F, SIZE = 4, 16
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error", *args], check=True)
+
+
+def make_dataset(root: Path, bad: bool = True) -> Path:
+    """videos/ + captions.csv: four good clips (one of 3 frames) and, if ``bad``, four broken ones."""
+    vids = root / "videos"
+    vids.mkdir(parents=True)
+    good = {"g0": ("testsrc", 20), "g1": ("testsrc2", 15), "g2": ("rgbtestsrc", 3), "g3": ("smptebars", 12)}
+    for vid, (src, frames) in good.items():
+        lavfi = ["-f", "lavfi", "-i", f"{src}=size=40x24:rate=10"]
+        ffmpeg(*lavfi, "-frames:v", str(frames), "-pix_fmt", "yuv420p", str(vids / f"{vid}.mp4"))
+    rows = [(vid, "train") for vid in good]
+    if bad:
+        (vids / "b_empty.mp4").write_bytes(b"")
+        (vids / "b_text.mp4").write_text("not a video at all\n" * 10)
+        ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000", "-t", "0.3", "-c:a", "aac", str(vids / "b_audio.mp4"))
+        rows += [("b_empty", "test"), ("b_text", "val"), ("b_audio", "test"), ("b_missing", "val")]
+    order = [rows[i] for i in (0, 4, 1, 5, 2, 6, 3, 7)] if bad else rows  # interleave good and bad
+    captions = pd.DataFrame(order, columns=["video_id", "split"])
+    captions.insert(1, "caption", "a caption of " + captions.video_id)
+    captions.to_csv(root / "captions.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("ds"))
+
+
+def run(videos: pd.DataFrame, out: Path, work: Path, **kw: object) -> dict:
+    kw.setdefault("workers", 2)
+    return extract_frames(
+        videos, out, F, SIZE, shard_rows=5, work_dir=work, batch_videos=3, progress=False, **kw
+    )
+
+
+def read_shards(out: Path) -> pd.DataFrame:
+    shards = sorted(out.glob("shard-*.parquet"))
+    return pd.concat([pq.read_table(p).to_pandas() for p in shards], ignore_index=True)
+
+
+def test_extract_frames_outputs(dataset_root: Path, tmp_path: Path) -> None:
+    ds = load_dataset("folder", dataset_root)
+    out, work = tmp_path / "frames", tmp_path / "work"
+    m = run(ds.videos, out, work)
+
+    skipped = pd.read_csv(out / "skipped.csv", keep_default_na=False)
+    assert dict(zip(skipped.video_id, skipped.reason, strict=True)) == {
+        "b_empty": "empty file",
+        "b_text": "not a video: moov atom not found",
+        "b_audio": "no video stream",
+        "b_missing": "missing file",
+    }
+    assert list(skipped.video_id) == ["b_empty", "b_text", "b_audio", "b_missing"]  # dataset order
+    videos = pd.read_csv(out / "videos.csv")
+    assert list(videos.columns) == ["video_id", "split", "source_frames", "duration", "repeated"]
+    assert list(videos.video_id) == ["g0", "g1", "g2", "g3"]
+    assert list(videos.source_frames) == [20, 15, 3, 12]
+    assert list(videos.repeated) == [False, False, True, False]
+
+    frames = read_shards(out)
+    assert m["videos"] == 8 and m["done"] == 4 and m["skipped"] == 4 and m["repeated"] == 1
+    reasons = {"empty file": 1, "missing file": 1, "no video stream": 1, "not a video": 1}
+    assert m["skipped_by_reason"] == reasons
+    assert m["frames"] == len(frames) == 4 * F
+    assert m["shards"] == math.ceil(4 * F / 5) == len(list(out.glob("shard-*.parquet")))
+    assert all(pq.read_metadata(p).num_rows <= 5 for p in out.glob("shard-*.parquet"))
+    assert m["videos_per_s"] > 0 and m["resumed"] == 0
+    assert not work.exists()  # resume parts removed after success
+
+    # rows in dataset order, then frame; images round-trip to exactly what sample_frames returns
+    assert list(frames.video_id) == [v for v in ["g0", "g1", "g2", "g3"] for _ in range(F)]
+    assert list(frames.frame) == list(range(F)) * 4 and frames.frame.dtype == np.int32
+    for vid, group in frames.groupby("video_id", sort=False):
+        s = sample_frames(dataset_root / "videos" / f"{vid}.mp4", F, SIZE)
+        assert np.array_equal(np.stack([decode_png(b) for b in group.image]), s.frames)
+        assert np.array_equal(group.timestamp.to_numpy(), s.timestamps)
+
+
+def test_reader_reads_what_the_writer_wrote(dataset_root: Path, tmp_path: Path) -> None:
+    ds = load_dataset("folder", dataset_root)
+    out = tmp_path / "frames"
+    run(ds.videos, out, tmp_path / "work")
+    raw = read_shards(out)
+    assert count_frames(out) == len(raw) == 4 * F
+    index = read_frames_index(out)
+    assert index.equals(raw[["video_id", "frame", "timestamp"]])
+    keys, images = read_frames(out)
+    assert keys.equals(raw[["video_id", "frame"]]) and images.shape == (4 * F, SIZE, SIZE, 3)
+    assert np.array_equal(images, np.stack([decode_png(b) for b in raw.image]))
+    batches = list(iter_frame_batches(out, 3))
+    assert [len(k) for k, _ in batches] == [3, 2, 3, 2, 3, 2, 1]  # per shard of 5, then 3 at a time
+    assert np.array_equal(np.concatenate([im for _, im in batches]), images)
+    assert read_videos(out).equals(pd.read_csv(out / "videos.csv", dtype={"video_id": str}))
+    with pytest.raises(FramesStoreError, match="run the frames stage first"):
+        read_videos(tmp_path / "nowhere")
+    with pytest.raises(FramesStoreError, match="run the frames stage first"):
+        count_frames(tmp_path / "nowhere")
+
+
+def test_resume_after_crash_gives_identical_output(
+    dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = load_dataset("folder", dataset_root)
+    ref, work = tmp_path / "ref", tmp_path / "work"
+    run(ds.videos, ref, work)
+
+    real_write, real_process = store._write_part, store._process
+    calls: list[str] = []
+
+    def crash_after_first(path: Path, *a: object) -> None:
+        if path.name != "part-00000.parquet":
+            raise RuntimeError("simulated crash")
+        real_write(path, *a)
+
+    monkeypatch.setattr(store, "_write_part", crash_after_first)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(ds.videos, out, work, workers=1)
+    assert not out.exists()  # no half-written output
+    assert [p.name for p in work.glob("*/part-*")] == ["part-00000.parquet"]
+
+    monkeypatch.setattr(store, "_write_part", real_write)
+    monkeypatch.setattr(store, "_process", lambda t: calls.append(t.video_id) or real_process(t))
+    m = run(ds.videos, out, work, workers=1)
+    assert m["resumed"] == 3 and sorted(calls) == sorted(ds.videos.video_id[3:])  # only the missing batches
+    for name in ("videos.csv", "skipped.csv"):
+        assert (out / name).read_text() == (ref / name).read_text()
+    assert read_shards(out).equals(read_shards(ref))
+    assert not work.exists()
+
+
+def test_changed_params_do_not_reuse_parts(dataset_root: Path, tmp_path: Path) -> None:
+    ds = load_dataset("folder", dataset_root)
+    work = tmp_path / "work"
+    key = store._work_key(ds.videos, F, SIZE, None, 3)
+    assert key != store._work_key(ds.videos, F + 1, SIZE, None, 3)
+    assert key != store._work_key(ds.videos, F, SIZE + 1, None, 3)
+    # a stale part from another configuration is left alone, not read
+    stale = work / "0123456789abcdef" / "part-00000.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"junk")
+    m = run(ds.videos.iloc[:2], tmp_path / "out", work, workers=1)
+    assert m["done"] == 1 and m["resumed"] == 0 and stale.exists()
+
+
+def test_work_dir_is_required(dataset_root: Path, tmp_path: Path) -> None:
+    ds = load_dataset("folder", dataset_root)
+    with pytest.raises(TypeError, match="work_dir"):
+        extract_frames(ds.videos, tmp_path / "out", F, SIZE, progress=False)  # type: ignore[call-arg]
