@@ -201,11 +201,20 @@ def run_ablation(
     }
 
 
+TABLE_COLUMNS = {  # summary key -> column heading of the ablation table
+    "t2v_R@1": "t2v R@1",
+    "t2v_R@5": "t2v R@5",
+    "v2t_R@1": "v2t R@1",
+    "content_twin_acc": "content-twin acc",
+    "order_twin_acc": "order-twin acc",
+    "trainable_parameters": "trained params",
+}
+
+
 def markdown_table(result: dict[str, Any]) -> str:
     """The ablation as a Markdown table: mean ± std over seeds."""
     summary = result["summary"]
-    keys = ["t2v_R@1", "t2v_R@5", "v2t_R@1", "content_twin_acc", "order_twin_acc", "trainable_parameters"]
-    heads = ["t2v R@1", "t2v R@5", "v2t R@1", "content-twin acc", "order-twin acc", "trained params"]
+    keys, heads = list(TABLE_COLUMNS), list(TABLE_COLUMNS.values())
     lines = ["| Variant | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for v, m in summary.items():
         cells = []

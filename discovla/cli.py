@@ -123,5 +123,94 @@ def ablate(
     typer.echo(Path(out).with_suffix(".md").read_text())
 
 
+DEFAULT_SPLIT_INDEX = "data/index/test"
+
+
+@app.command("index")
+@exits_on_error
+def index_videos(
+    folder: str = typer.Argument(..., help="Folder of videos (recursive: mp4, avi, mkv, webm, mov, m4v)."),
+    out: str = typer.Option(
+        ..., help="Index directory to write; re-running embeds only new or changed files."
+    ),
+    adapters: str = typer.Option("models/discovla", help="Trained adapters (train stage)."),
+    zeroshot: bool = typer.Option(False, "--zeroshot", help="Frozen CLIP only (mean of frame embeddings)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(16, min=1, help="Videos per forward pass."),
+    workers: int = typer.Option(1, min=1, help="Videos decoded in parallel (one ffmpeg each)."),
+) -> None:
+    """Embed every video of a folder with the trained model into a searchable index (see `search`).
+
+    Videos are sampled like the pipeline (the adapters' frame count, at the backbone's size); one that
+    cannot be sampled is skipped with its reason and listed in OUT/skipped.csv.
+    """
+    from discovla.indexing import index_folder, summarise_skipped
+    from discovla.retriever import Retriever
+
+    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot)
+    report = index_folder(
+        retriever,
+        folder,
+        out,
+        batch_size=batch_size,
+        workers=workers,
+        log=lambda line: typer.echo(line, err=True),
+    )
+    removed = f", dropped {report.removed} removed" if report.removed else ""
+    typer.echo(
+        f"indexed {len(report.index)} videos in {out}: embedded {report.embedded} new, "
+        f"reused {report.reused}{removed}"
+    )
+    for line in summarise_skipped(report.skipped, out):
+        typer.echo(line)
+
+
+def _dataset_paths() -> dict[str, str]:
+    """Video paths of the pipeline's dataset (params.yaml ``data``), {} when there is none here."""
+    from discovla.config import ParamsError, load_params
+    from discovla.indexing import dataset_video_paths
+
+    try:
+        data = load_params().data
+    except ParamsError:
+        return {}
+    return dataset_video_paths(data.dataset, data.root)
+
+
+@app.command()
+@exits_on_error
+def search(
+    query: str = typer.Argument(..., help="What to look for, in words."),
+    k: int = typer.Option(5, "--k", "-k", min=1, help="Number of videos to show."),
+    index: str | None = typer.Option(
+        None,
+        help=f"Index directory (`discovla index`). Default: the pipeline's test split, embedded once from "
+        f"the feature cache into {DEFAULT_SPLIT_INDEX} (-zeroshot with --zeroshot).",
+    ),
+    adapters: str = typer.Option("models/discovla", help="Trained adapters (train stage)."),
+    zeroshot: bool = typer.Option(False, "--zeroshot", help="Frozen CLIP only (mean of frame embeddings)."),
+    features: str = typer.Option("data/features", help="Feature cache, for the default index."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Find the videos that best match a text: prints rank, video id, score (cosine) and path."""
+    from discovla.indexing import ensure_split_index
+    from discovla.retriever import Retriever
+
+    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot)
+    if index is None:
+        target = DEFAULT_SPLIT_INDEX + ("-zeroshot" if zeroshot else "")
+        vindex, why = ensure_split_index(retriever, features, target, "test", paths=_dataset_paths)
+        if why:
+            typer.echo(f"indexed the test split into {target} ({why})", err=True)
+    else:
+        vindex = retriever.open_index(index)
+    hits = retriever.search(query, k=k, index=vindex)
+    rows = [("rank", "video id", "score", "path")]
+    rows += [(str(h.rank), h.video_id, f"{h.score:.4f}", h.path or "-") for h in hits]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        typer.echo(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip())
+
+
 if __name__ == "__main__":
     app()

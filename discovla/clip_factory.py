@@ -280,7 +280,7 @@ def create_clip(
 def save_clip(model: open_clip.CLIP, name: str, out_dir: str | Path, extra: dict[str, Any]) -> None:
     """Write ``model`` in open_clip's local layout, the one :func:`create_clip` reads back from a file:
     ``open_clip_model.safetensors`` + ``open_clip_config.json`` (model config, preprocessing, ``extra``).
-    Nothing run-dependent (timings) goes in, so the same weights always give the same directory."""
+    Nothing run-dependent (timings, metadata order) goes in, so the same weights give the same bytes."""
     pre = model.visual.preprocess_cfg
     config = {
         "model_cfg": model_config(name),
@@ -295,5 +295,7 @@ def save_clip(model: open_clip.CLIP, name: str, out_dir: str | Path, extra: dict
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_dir(out_dir) as tmp:
-        save_file(state, str(tmp / HF_SAFE_WEIGHTS), metadata={"format": "pt", "config": name})
+        # one metadata key: safetensors writes a metadata mapping in hash order, so two keys could swap
+        # places between runs and the same weights would give different bytes
+        save_file(state, str(tmp / HF_SAFE_WEIGHTS), metadata={"format": "pt"})
         (tmp / CHECKPOINT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")

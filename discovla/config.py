@@ -125,6 +125,12 @@ class EvaluateParams(_Section):
     dsl: bool = True
 
 
+class ReportParams(_Section):
+    queries: int = Field(6, ge=1, le=100)
+    seed: int = 0
+    strip_frames: int = Field(4, ge=1, le=64)
+
+
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     shapes: ShapesParams = Field(default_factory=ShapesParams)
@@ -138,6 +144,7 @@ class Params(_Section):
     fusion: FusionParams = Field(default_factory=FusionParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    report: ReportParams = Field(default_factory=ReportParams)
 
     @field_validator("*", mode="before")
     @classmethod

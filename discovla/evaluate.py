@@ -20,7 +20,7 @@ from discovla.images import normalise
 from discovla.retrieval import retrieval_metrics, twin_accuracy
 
 
-def _twins(features: Features, split: str) -> dict[str, list[tuple[int, int, int]]]:
+def twin_pairs(features: Features, split: str) -> dict[str, list[tuple[int, int, int]]]:
     """Per twin kind: (caption row, own video index, twin video index) over the split's captions."""
     tw = features.twins
     if tw.empty:
@@ -80,7 +80,7 @@ def score(
     )
     if dsl:  # dual-softmax numbers in their own block, never mixed with the plain ones
         out["dsl"] = {"t2v": out.pop("t2v_dsl"), "v2t": out.pop("v2t_dsl")}
-    twins = _twins(features, split)
+    twins = twin_pairs(features, split)
     out["twins"] = {}
     for kind, pairs in twins.items():
         t = torch.tensor([p[0] for p in pairs])

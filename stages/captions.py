@@ -12,16 +12,17 @@ from pathlib import Path
 import typer
 
 from discovla.artifacts.captions import write_captions
+from discovla.artifacts.metrics import write_metrics
 from discovla.captioner import make_captions
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
-from discovla.io import write_json
 
 
 def main(
     frames: Path = typer.Option(..., help="Frames store (frames stage)."),
     out: Path = typer.Option(..., help="Captions table to write (Parquet)."),
     metrics: Path = typer.Option(..., help="Captions metrics JSON."),
+    info: Path = typer.Option(..., help="Run information JSON: timings, speeds, device (not a DVC metric)."),
 ) -> None:
     params = load_params_or_exit()
     c = params.captioner
@@ -35,7 +36,7 @@ def main(
         root=params.data.root,
     )
     write_captions(out, captions)
-    write_json(metrics, stats)
+    write_metrics(metrics, info, stats)
     agreement = stats.get("agreement", {})
     extra = f", exact match {agreement['exact_match']:.3f}" if agreement else ""
     print(

@@ -14,15 +14,16 @@ from pathlib import Path
 import typer
 
 from discovla.artifacts.frames import extract_frames
+from discovla.artifacts.metrics import write_metrics
 from discovla.config import load_params_or_exit
 from discovla.data import DatasetError, load_dataset
 from discovla.errors import run_stage
-from discovla.io import write_json
 
 
 def main(
     out: Path = typer.Option(..., help="Directory of the frames store."),
-    metrics: Path = typer.Option(..., help="Frames metrics JSON."),
+    metrics: Path = typer.Option(..., help="Frames metrics JSON (counts)."),
+    info: Path = typer.Option(..., help="Run information JSON: timings, speeds, device (not a DVC metric)."),
     work: Path = typer.Option(..., help="Scratch directory for resumable batches (removed on success)."),
 ) -> None:
     params = load_params_or_exit()
@@ -40,7 +41,7 @@ def main(
         work_dir=work,
         max_fps=fp.max_fps or None,
     )
-    write_json(metrics, stats)
+    write_metrics(metrics, info, stats)
     reasons = ", ".join(f"{k}: {v}" for k, v in stats["skipped_by_reason"].items())
     print(
         f"frames: {stats['done']}/{stats['videos']} videos sampled, {stats['skipped']} skipped"

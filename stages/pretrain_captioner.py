@@ -13,11 +13,11 @@ import pandas as pd
 import typer
 from PIL import Image
 
+from discovla.artifacts.metrics import write_metrics
 from discovla.captioner import Captioner, load_captioner
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
 from discovla.images import decode_png
-from discovla.io import write_json
 from discovla.text import CaptionsError
 from discovla.tiny_blip import evaluate_captioner, pretrain_tiny_captioner
 
@@ -40,6 +40,7 @@ def main(
     stills: Path = typer.Option(..., help="Stills corpus directory (shapes stage)."),
     out: Path = typer.Option(..., help="Directory for the trained captioner."),
     metrics: Path = typer.Option(..., help="Pretraining metrics JSON."),
+    info: Path = typer.Option(..., help="Run information JSON: timings, speeds, device (not a DVC metric)."),
 ) -> None:
     params = load_params_or_exit()
     p = params.pretrain_captioner
@@ -58,7 +59,8 @@ def main(
     _check_reload(out, captioner, [Image.fromarray(decode_png(b)) for b in val.image.tolist()[:32]])
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     examples = val_metrics.pop("examples")
-    write_json(metrics, {**val_metrics, "size_bytes": size, "train_images": len(train), "train": stats})
+    record = {**val_metrics, "size_bytes": size, "train_images": len(train), "train": stats}
+    write_metrics(metrics, info, record)
     for ex in examples[:3]:
         print(f"  truth:     {ex['truth']}\n  predicted: {ex['predicted']}")
     print(

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import typer
 
+from discovla.artifacts.metrics import write_metrics
 from discovla.clip_factory import model_config, save_clip
 from discovla.config import ParamsError, load_params_or_exit
 from discovla.errors import run_stage
-from discovla.io import write_json
 from discovla.pretrain import PretrainConfig, load_stills, train_tiny_clip
 from discovla.runtime import resolve_device
 
@@ -30,6 +30,7 @@ def main(
     stills: Path = typer.Option(..., help="Stills corpus directory (shapes stage)."),
     out: Path = typer.Option(..., help="Directory for the trained model."),
     metrics: Path = typer.Option(..., help="Pretraining metrics JSON."),
+    info: Path = typer.Option(..., help="Run information JSON: timings, speeds, device (not a DVC metric)."),
 ) -> None:
     params = load_params_or_exit()
     p = params.pretrain_clip
@@ -44,7 +45,7 @@ def main(
     device = resolve_device("auto")
     model, result = train_tiny_clip(CONFIG_NAME, train, val, cfg, context_length, device=device)
     save_clip(model, CONFIG_NAME, out, {"context_length": context_length, "training": asdict(cfg)})
-    write_json(metrics, {k: v for k, v in result.items() if k != "history"})
+    write_metrics(metrics, info, {k: v for k, v in result.items() if k != "history"})
     v = result["val"]
     print(
         f"tiny CLIP: held-out stills ({result['val_distinct']} distinct captions) "

@@ -16,12 +16,11 @@ import typer
 
 from discovla.artifacts.adapters import checkpoint_root, save_adapters
 from discovla.artifacts.features import load_features
-from discovla.artifacts.metrics import write_train_curve
+from discovla.artifacts.metrics import write_metrics, write_train_curve
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
 from discovla.evaluate import validation_monitor
-from discovla.io import write_json
 from discovla.pipeline import train_config, train_summary
 from discovla.train import train
 
@@ -31,6 +30,7 @@ def main(
     out: Path = typer.Option(..., help="Directory for the trained adapters."),
     metrics: Path = typer.Option(..., help="Training metrics JSON."),
     curve: Path = typer.Option(..., help="Per-step loss curve CSV."),
+    info: Path = typer.Option(..., help="Run information JSON: timings, speeds, device (not a DVC metric)."),
 ) -> None:
     params = load_params_or_exit()
     cache = load_features(features)
@@ -41,16 +41,16 @@ def main(
     model, record = train(backbone.model, cache, cfg, checkpoint_root(), on_epoch=validate)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    info = {
+    about = {
         "backbone": m.backbone,
         "pretrained": m.pretrained,
         "context_length": m.context_length,
         "epochs": cfg.epochs,
         "trainable_parameters": record["trainable_parameters"],
     }
-    save_adapters(out, model, info)
+    save_adapters(out, model, about)
     write_train_curve(curve, record["curve"])
-    write_json(metrics, train_summary(record))
+    write_metrics(metrics, info, train_summary(record))
     print(f"trainable parameters: {record['trainable_parameters']:,}; adapters in {out}/")
 
 

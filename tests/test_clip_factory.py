@@ -140,3 +140,15 @@ def test_mismatched_checkpoint_is_one_line(tmp_path) -> None:
     with pytest.raises(BackboneError, match="does not match backbone") as info:
         load_backbone("tiny-clip", str(path))
     assert "\n" not in str(info.value)
+
+
+def test_saving_the_same_weights_gives_the_same_bytes(tmp_path) -> None:
+    from discovla.clip_factory import build_model, save_clip
+
+    torch.manual_seed(0)
+    model = build_model("tiny-clip")
+    blobs = set()
+    for i in range(8):  # safetensors writes a metadata mapping in hash order: a second key could move
+        save_clip(model, "tiny-clip", tmp_path / f"m{i}", {"context_length": 16})
+        blobs.add((tmp_path / f"m{i}" / "open_clip_model.safetensors").read_bytes())
+    assert len(blobs) == 1

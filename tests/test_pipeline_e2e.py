@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from discovla.artifacts.metrics import RUN_KEYS
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -76,7 +78,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     _run([str(BIN / "dvc"), "repro"], repo, env)
 
     metrics = repo / "metrics"
-    shapes = json.loads((metrics / "shapes.json").read_text())
+    shapes = json.loads((metrics / "info" / "shapes.json").read_text())
     frames = json.loads((metrics / "frames.json").read_text())
     assert frames["done"] == 24 + 8 + 12 and frames["skipped"] == 0
     assert shapes["splits"]["test"]["videos"] == 12
@@ -93,6 +95,29 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert (repo / "models/discovla/adapters.safetensors").exists()
     assert (repo / "data/captions.parquet").exists()
 
+    # DVC metrics hold no run-dependent values (timings, speeds, device): those are in metrics/info/
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    files = [
+        next(iter(m)) if isinstance(m, dict) else m
+        for s in dvc["stages"].values()
+        for m in s.get("metrics", [])
+    ]
+    for f in files:
+        text = (repo / f).read_text()
+        assert not [k for k in RUN_KEYS if f'"{k}"' in text], f
+    assert (metrics / "info" / "train.json").exists()
+
+    # the report page and the search over the test split's index, as a user runs them
+    page = (repo / "reports" / "index.html").read_text()
+    assert (
+        "Retrieval metrics" in page
+        and "data:image/png;base64," in page
+        and "http" not in page.split("<body", 1)[1]
+    )
+    found = _run([str(BIN / "discovla"), "search", "a red circle", "--k", "3"], repo, env).stdout
+    rows = [ln for ln in found.splitlines() if ln.strip()[:1].isdigit()]
+    assert len(rows) == 3 and all("videos/test" in ln for ln in rows), found
+
     status = _run([str(BIN / "dvc"), "status"], repo, env).stdout
     assert "up to date" in status, status
     # changing a training param re-runs train and evaluate only
@@ -101,11 +126,11 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     _run([*git, "commit", "-qm", "baseline"], repo, env)
     out = _run([str(BIN / "dvc"), "exp", "run", "-S", "fusion.alpha=0.0", "-n", "alpha0"], repo, env).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate"}, out
+    assert ran == {"train", "evaluate", "index", "report"}, out
     # a frames param re-runs frames and everything after it, but not shapes or the pretraining stages
     exp = [str(BIN / "dvc"), "exp", "run", "-S", "frames.num_frames=3", "-n", "frames3"]
     out = _run(exp, repo, env).stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"frames", "captions", "features", "train", "evaluate"}, out
+    assert ran == {"frames", "captions", "features", "train", "evaluate", "index", "report"}, out
     table = _run([str(BIN / "dvc"), "exp", "show", "--md"], repo, env).stdout
     assert "alpha0" in table and "frames3" in table and "t2v.R@1" in table, table

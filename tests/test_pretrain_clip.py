@@ -137,4 +137,6 @@ def test_stage_writes_model_and_metrics(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "metrics/pretrain_clip.json").read_text())
     assert metrics["steps"] == 2 and set(metrics["val"]) == {"t2i", "i2t"}
     assert {"R@1", "R@5", "MdR", "MnR", "queries"} <= set(metrics["val"]["t2i"])
-    assert "seconds" in metrics and "final_loss" in metrics
+    assert "final_loss" in metrics and "seconds" not in metrics  # timings are run information, not metrics
+    info = json.loads((tmp_path / "metrics/info/pretrain_clip.json").read_text())
+    assert info["seconds"] > 0 and info["device"] == "cpu"

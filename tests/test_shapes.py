@@ -67,7 +67,7 @@ def specs() -> dict[str, S.VideoSpec]:
 
 def test_stage_writes_world_and_metrics(world: Path) -> None:
     root = world / "data" / "shapes"
-    metrics = json.loads((world / "metrics" / "shapes.json").read_text())
+    metrics = json.loads((world / "metrics" / "info" / "shapes.json").read_text())
     caps = pd.read_csv(root / "captions.csv", dtype=str)
     videos = sorted(p.stem for p in (root / "videos").glob("*.mp4"))
     assert videos == sorted(caps.video_id.unique())

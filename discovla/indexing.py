@@ -1,0 +1,354 @@
+"""Building video indexes (:mod:`discovla.artifacts.index`) with a :class:`discovla.retriever.Retriever`.
+
+- :func:`index_folder` (``discovla index``): every video file under a folder, sampled like the pipeline.
+  A video that cannot be sampled is skipped with its :class:`discovla.sampling.VideoError` reason and
+  listed in ``skipped.csv``. Re-running on the same ``out`` embeds only files that are new or changed: a
+  file is matched by its absolute path, size and modification time (also for skipped files, which are not
+  retried until they change); every result is reused only when the index was made by the same model. The
+  index is also saved every ``save_every`` seconds, so an interrupted run resumes where it stopped.
+- :func:`build_split_index` (the ``index`` stage) and :func:`ensure_split_index` (``discovla search``
+  without ``--index``): one split of the feature cache, from its stored pixels (no decoding), with the
+  video paths of the dataset when they are known.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from discovla.artifacts.features import Features, load_features
+from discovla.artifacts.index import (
+    META,
+    SKIPPED,
+    VideoIndex,
+    VideoIndexError,
+    describe_model,
+    read_index,
+    same_model,
+    skipped_frame,
+    write_index,
+)
+from discovla.batching import batches
+from discovla.data.folder import VIDEO_EXTS
+from discovla.errors import DiscoVLAError
+from discovla.provenance import files_digest
+from discovla.retriever import Retriever
+from discovla.sampling import VideoError
+
+SAVE_EVERY_S = 300.0
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+
+def find_videos(folder: str | Path) -> list[Path]:
+    """Video files (by extension, any case) under ``folder``, recursively, hidden files and directories
+    excluded; absolute paths, sorted by their path relative to ``folder``."""
+    root = Path(folder).resolve()
+    found = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    ]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def folder_video_ids(files: list[Path], folder: str | Path) -> list[str]:
+    """Video ids of ``files`` under ``folder``: the relative path without extension (``clips/cat``), or
+    with it where two files would otherwise share an id (``cat.mp4`` and ``cat.mkv``)."""
+    root = Path(folder).resolve()
+    rel = [p.relative_to(root) for p in files]
+    stems = [r.with_suffix("").as_posix() for r in rel]
+    counts = pd.Series(stems).value_counts()
+    return [s if counts[s] == 1 else r.as_posix() for s, r in zip(stems, rel, strict=True)]
+
+
+@dataclass
+class FolderReport:
+    """What :func:`index_folder` did: the index written, how many videos it embedded now, reused from the
+    previous index, dropped (files gone), and the videos skipped (``new_skipped``: tried in this run)."""
+
+    index: VideoIndex
+    embedded: int
+    reused: int
+    removed: int
+    skipped: pd.DataFrame
+    new_skipped: int
+    rebuilt: str  # why the previous index at ``out`` was not reused ('' when it was, or there was none)
+
+
+def _check_out(out: Path, folder: Path) -> None:
+    """Refuse an ``out`` that would overwrite something that is not an index (it is replaced as a whole)."""
+    if out.resolve() == folder.resolve() or folder.resolve().is_relative_to(out.resolve()):
+        raise VideoIndexError(
+            f"--out {out} would replace the video folder {folder}: choose another directory"
+        )
+    if out.exists() and not (out / META).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise VideoIndexError(f"--out {out} exists and is not a video index: choose a new or empty directory")
+
+
+def _previous(
+    out: Path, retriever: Retriever
+) -> tuple[dict[str, tuple[int, int, torch.Tensor]], dict[str, tuple[int, int, str]], str]:
+    """Rows of an earlier index at ``out`` made by the same model: path -> (size, mtime_ns, embedding), and
+    its skipped files: path -> (size, mtime_ns, reason). Third: why nothing is reused ('' when it is)."""
+    if not (out / META).is_file():
+        return {}, {}, ""
+    old = read_index(out)
+    meta = retriever.index_meta()
+    if not same_model(old.meta, retriever.identity):
+        return {}, {}, f"it was computed with {describe_model(old.meta.get('model') or {})}"
+    if any(old.meta.get(k) != meta[k] for k in ("num_frames", "image_size")):
+        return {}, {}, "it was sampled with other frames or size"
+    rows = {
+        p: (int(s), int(m), old.embeddings[i])
+        for i, (p, s, m) in enumerate(zip(old.paths, old.sizes, old.mtimes, strict=True))
+    }
+    skipped = {
+        str(r.path): (int(r.size), int(r.mtime_ns), str(r.reason))
+        for r in old.skipped.itertuples(index=False)
+    }
+    return rows, skipped, ""
+
+
+def _sample_all(
+    retriever: Retriever, paths: list[str], workers: int
+) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """``(path, frames, '')`` or ``(path, None, reason)`` per path, in order; ``workers`` ffmpeg at a time."""
+
+    def one(path: str) -> tuple[str, np.ndarray | None, str]:
+        try:
+            return path, retriever.sample(path), ""
+        except VideoError as exc:
+            return path, None, exc.reason
+
+    if workers <= 1:
+        yield from map(one, paths)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(one, paths)
+
+
+def index_folder(
+    retriever: Retriever,
+    folder: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 16,
+    workers: int = 1,
+    progress: bool = True,
+    save_every: float = SAVE_EVERY_S,
+    log: Callable[[str], Any] | None = None,
+) -> FolderReport:
+    """Embed every video under ``folder`` into the index ``out`` (updating it: see the module doc).
+
+    ``batch_size`` videos per forward pass, ``workers`` videos decoded in parallel. ``log`` receives the
+    one-line notes (e.g. why an earlier index is not reused)."""
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise VideoIndexError(f"{folder}: not a directory of videos")
+    _check_out(out, folder)
+    files = find_videos(folder)
+    if not files:
+        raise VideoIndexError(f"no video files ({', '.join(VIDEO_EXTS)}) under {folder}")
+    ids = dict(zip(map(str, files), folder_video_ids(files, folder), strict=True))
+    stats = {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
+    previous, prev_skipped, rebuilt = _previous(out, retriever)
+    if rebuilt and log is not None:
+        log(f"{out}: {rebuilt}: embedding every video again")
+
+    done: dict[str, torch.Tensor] = {
+        p: previous[p][2] for p in stats if p in previous and previous[p][:2] == stats[p]
+    }
+    reused = len(done)
+    skipped: dict[str, str] = {
+        p: prev_skipped[p][2]
+        for p in stats
+        if p not in done and p in prev_skipped and prev_skipped[p][:2] == stats[p]
+    }
+    todo = [p for p in stats if p not in done and p not in skipped]
+    removed = sum(1 for p in previous if p not in stats)
+    meta = {**retriever.index_meta(), "source": {"kind": "folder", "folder": str(folder.resolve())}}
+
+    def snapshot() -> VideoIndex:
+        rows = [p for p in stats if p in done]
+        emb = torch.stack([done[p] for p in rows]) if rows else torch.empty(0, retriever.embed_dim)
+        skip = skipped_frame(
+            [
+                {"path": p, "size": stats[p][0], "mtime_ns": stats[p][1], "reason": skipped[p]}
+                for p in stats
+                if p in skipped
+            ]
+        )
+        return VideoIndex(
+            video_ids=[ids[p] for p in rows],
+            paths=rows,
+            embeddings=emb,
+            meta=meta,
+            sizes=np.array([stats[p][0] for p in rows], np.int64),
+            mtimes=np.array([stats[p][1] for p in rows], np.int64),
+            skipped=skip,
+        )
+
+    new_skipped = 0
+    last_save = time.monotonic()
+    bar = tqdm(total=len(todo), desc="embedding videos", unit="video", disable=not progress or not todo)
+    with bar:
+        for sl in batches(len(todo), max(1, batch_size)):
+            good: list[tuple[str, np.ndarray]] = []
+            for path, frames, reason in _sample_all(retriever, todo[sl], workers):
+                if frames is None:
+                    skipped[path] = reason
+                    new_skipped += 1
+                else:
+                    good.append((path, frames))
+            if good:
+                pixels = torch.stack([retriever.check_frames(f) for _, f in good])
+                for (path, _), e in zip(good, retriever.embed_pixels(pixels), strict=True):
+                    done[path] = e
+            bar.update(sl.stop - sl.start)
+            if save_every and time.monotonic() - last_save > save_every and sl.stop < len(todo):
+                write_index(out, snapshot())
+                last_save = time.monotonic()
+    index = snapshot()
+    write_index(out, index)
+    return FolderReport(
+        index=index,
+        embedded=len(done) - reused,
+        reused=reused,
+        removed=removed,
+        skipped=index.skipped,
+        new_skipped=new_skipped,
+        rebuilt=rebuilt,
+    )
+
+
+def summarise_skipped(skipped: pd.DataFrame, out: str | Path, show: int = 5) -> list[str]:
+    """Lines for stdout: how many videos were skipped, per reason, and the first few files."""
+    if skipped.empty:
+        return []
+    lines = [f"skipped {len(skipped)} video(s) that could not be sampled (listed in {Path(out) / SKIPPED}):"]
+    for reason, n in skipped.reason.value_counts().sort_index().items():
+        lines.append(f"  {n} x {reason}")
+    for r in skipped.head(show).itertuples(index=False):
+        lines.append(f"  {r.path}: {r.reason}")
+    if len(skipped) > show:
+        lines.append(f"  ... and {len(skipped) - show} more")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+
+def dataset_video_paths(dataset: str, root: str | Path) -> dict[str, str]:
+    """``video_id -> path`` of the dataset's video files that exist ({} when the dataset cannot be read)."""
+    from discovla.data import load_dataset
+
+    try:
+        videos = load_dataset(dataset, root).videos
+    except (DiscoVLAError, OSError):
+        return {}
+    return {str(v): str(p) for v, p in zip(videos.video_id, videos.path, strict=True) if Path(p).is_file()}
+
+
+def features_digest(features_dir: str | Path) -> str:
+    """The feature cache's content digest (the same as :attr:`Features.digest` of :func:`load_features`)."""
+    path = Path(features_dir)
+    return files_digest((f for f in path.iterdir() if f.is_file()), root=path)
+
+
+def split_index(
+    retriever: Retriever,
+    features: Features,
+    split: str,
+    paths: dict[str, str] | None = None,
+    batch_size: int = 256,
+    source: dict[str, Any] | None = None,
+) -> VideoIndex:
+    """The videos of ``split`` embedded from the feature cache's pixels (as the evaluate stage does)."""
+    vids = features.split_videos(split)
+    if len(vids) == 0:
+        raise VideoIndexError(f"the feature cache has no {split!r} videos")
+    meta = features.meta
+    if meta.get("backbone") not in (None, retriever.backbone.name):
+        raise VideoIndexError(
+            f"the feature cache was made for backbone {meta['backbone']!r}, the adapters use "
+            f"{retriever.backbone.name!r}: rerun the features stage or pass the matching --adapters"
+        )
+    frames = int(features.pixels.shape[1])
+    per_batch = max(1, batch_size // frames)
+    emb = [
+        retriever.embed_pixels(torch.stack([retriever.check_frames(v) for v in features.pixels[vids[sl]]]))
+        for sl in batches(len(vids), per_batch)
+    ]
+    ids = [features.video_ids[i] for i in vids]
+    paths = paths or {}
+    src = {"kind": "split", "split": split, "features_digest": features.fingerprint(), **(source or {})}
+    return VideoIndex(
+        video_ids=ids,
+        paths=[paths.get(v, "") for v in ids],
+        embeddings=torch.cat(emb),
+        meta={**retriever.index_meta(), "source": src},
+    )
+
+
+def build_split_index(
+    features_dir: str | Path,
+    adapters_dir: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    paths: dict[str, str] | None = None,
+    zeroshot: bool = False,
+    device: str = "auto",
+    batch_size: int = 256,
+    retriever: Retriever | None = None,
+) -> VideoIndex:
+    """Index the ``split`` videos of the feature cache ``features_dir`` with the model of ``adapters_dir``
+    (or ``retriever``, already loaded) into ``out``; ``paths``: ``video_id -> file`` shown by search."""
+    retriever = retriever or Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)
+    features = load_features(features_dir)
+    index = split_index(retriever, features, split, paths, batch_size, {"features": str(features_dir)})
+    write_index(out, index)
+    return index
+
+
+def ensure_split_index(
+    retriever: Retriever,
+    features_dir: str | Path,
+    out: str | Path,
+    split: str = "test",
+    paths: dict[str, str] | Callable[[], dict[str, str]] | None = None,
+) -> tuple[VideoIndex, str]:
+    """The split index at ``out`` if it was made by ``retriever``'s model from the current feature cache,
+    else built (once) and written there. Second: why it was built ('' when reused). ``paths`` (or a
+    function giving them, called only when building): ``video_id -> file``."""
+    out = Path(out)
+    why = f"{out} does not exist yet"
+    if (out / META).is_file():
+        old = read_index(out)
+        src = old.meta.get("source") or {}
+        if not same_model(old.meta, retriever.identity):
+            why = f"{out} was computed with {describe_model(old.meta.get('model') or {})}"
+        elif src.get("kind") != "split" or src.get("split") != split:
+            why = f"{out} is not an index of the {split} split"
+        elif not Path(features_dir).is_dir():
+            return old, ""  # nothing to compare with: the index is all there is
+        elif src.get("features_digest") == features_digest(features_dir):
+            return old, ""
+        else:
+            why = f"the feature cache {features_dir} changed"
+    paths = paths() if callable(paths) else paths
+    index = build_split_index(features_dir, "", split, out, paths=paths, retriever=retriever)
+    return index, why

@@ -1,0 +1,34 @@
+"""Stage ``index``: the test split embedded with the trained adapters (``discovla search``'s default index).
+
+Reads params ``data`` (where the dataset's video files are, so that search can show their paths), the
+feature cache (the split's stored pixels: nothing is decoded again) and the trained adapters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from discovla.config import load_params_or_exit
+from discovla.errors import run_stage
+from discovla.indexing import build_split_index, dataset_video_paths
+
+
+def main(
+    features: Path = typer.Option(..., help="Feature cache (features stage)."),
+    adapters: Path = typer.Option(..., help="Trained adapters (train stage)."),
+    out: Path = typer.Option(
+        ..., help="Index directory to write (discovla search's default: data/index/test)."
+    ),
+    split: str = typer.Option("test", help="Split of the feature cache to index."),
+) -> None:
+    params = load_params_or_exit()
+    paths = dataset_video_paths(params.data.dataset, params.data.root)
+    index = build_split_index(features, adapters, split, out, paths=paths)
+    with_paths = sum(1 for p in index.paths if p)
+    print(f"indexed {len(index)} {split} videos ({with_paths} with their file) in {out}/")
+
+
+if __name__ == "__main__":
+    run_stage(main)
