@@ -13,9 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from discovla.artifacts.adapters import load_adapters
 from discovla.artifacts.features import load_features
-from discovla.backbone import load_backbone
 from discovla.config import Params
 from discovla.errors import DiscoVLAError
 from discovla.io import write_text
@@ -30,6 +28,7 @@ from discovla.report.tables import (
     other_metrics_section,
     retrieval_section,
 )
+from discovla.retriever import Retriever
 
 TITLE = "DiscoVLA run report"
 
@@ -39,16 +38,12 @@ class ReportError(DiscoVLAError, ValueError):
 
 
 def load_trained_model(adapters: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """The trained DiscoVLA of ``adapters`` on the frozen backbone its ``config.json`` names, and that
-    config (backbone, pretrained, context_length, model, ...)."""
+    """The trained DiscoVLA of ``adapters`` (loaded as :meth:`discovla.retriever.Retriever.load` does) and
+    its ``config.json`` (backbone, pretrained, context_length, model, ...)."""
     path = Path(adapters) / "config.json"
     if not path.is_file():
         raise ReportError(f"{path} not found: run the train stage first")
-    info = json.loads(path.read_text())
-    backbone = load_backbone(
-        info["backbone"], info.get("pretrained"), device=device, context_length=info.get("context_length")
-    )
-    return load_adapters(adapters, backbone.model, device=device), info
+    return Retriever.load(adapters, device=device).model, json.loads(path.read_text())
 
 
 def _value(v: Any) -> str:
