@@ -3,7 +3,10 @@
 :func:`load_captioner` loads it from a hub id (``Salesforce/blip-image-captioning-base`` / ``-large``) or a
 local ``save_pretrained`` directory (such as the tiny captioner of :mod:`discovla.tiny_blip`) and, when it
 cannot, says in one message what to download or build. :meth:`Captioner.caption` turns images (uint8
-``[N, H, W, 3]`` arrays or PIL images) into lower-case, single-spaced captions, batched, without gradients.
+``[N, H, W, 3]`` arrays or PIL images) into lower-case, single-spaced captions, batched, without gradients,
+in the model's precision (``dtype``: float32 by default, ``torch.bfloat16`` on a GPU for speed).
+:func:`random_blip` builds BLIP-base's architecture (``BlipConfig()``, or any given config) with random
+weights and a processor made offline, for benchmarks (``benchmarks/captioner.py``) and tests.
 
 :func:`make_captions` captions every frame of a frames store (the ``captions`` stage) with one of: a BLIP
 captioner; ``oracle``, the shapes world's ground-truth still caption of the nearest source frame (an upper
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -36,6 +40,7 @@ from discovla.runtime import hub_offline, resolve_device
 from discovla.text import CaptionsError, normalize_caption
 
 ORACLE = "oracle"
+BLIP_BASE = "Salesforce/blip-image-captioning-base"
 
 ImageBatch = Sequence[Image.Image] | np.ndarray
 
@@ -60,16 +65,23 @@ def _to_pil_list(images: ImageBatch) -> list[Image.Image]:
 
 
 class Captioner:
-    """A BLIP captioning model with its processor, on one device."""
+    """A BLIP captioning model with its processor, on one device (``dtype``: cast the model, else as is)."""
 
     def __init__(
-        self, model: Any, processor: Any, device: str | torch.device = "auto", name: str = ""
+        self,
+        model: Any,
+        processor: Any,
+        device: str | torch.device = "auto",
+        name: str = "",
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        model = model.to(self.device) if dtype is None else model.to(self.device, dtype)
+        self.model = model.eval()
         self.processor = processor
         self.name = name
         self.unfinished = 0  # captions cut at max_new_tokens before the end token, since construction
+        self.generated_tokens = 0  # decoder positions generated (rows x new tokens), since construction
 
     @property
     def max_new_tokens_limit(self) -> int:
@@ -77,15 +89,17 @@ class Captioner:
         return int(self.model.config.text_config.max_position_embeddings) - 1
 
     @torch.no_grad()
-    def _caption_batch(self, images: list[Image.Image], max_new_tokens: int, num_beams: int) -> list[str]:
+    def _caption_batch(
+        self, images: list[Image.Image], max_new_tokens: int, num_beams: int, min_new_tokens: int = 0
+    ) -> list[str]:
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         pixels = pixels.to(self.device, dtype=self.model.dtype)
+        limit = min(max_new_tokens, self.max_new_tokens_limit)
+        extra = {"min_new_tokens": min(min_new_tokens, limit)} if min_new_tokens > 0 else {}
         ids = self.model.generate(
-            pixel_values=pixels,
-            max_new_tokens=min(max_new_tokens, self.max_new_tokens_limit),
-            num_beams=num_beams,
-            do_sample=False,
+            pixel_values=pixels, max_new_tokens=limit, num_beams=num_beams, do_sample=False, **extra
         )
+        self.generated_tokens += ids[:, 1:].numel()
         self.unfinished += int((~(ids[:, 1:] == self.model.config.text_config.sep_token_id).any(1)).sum())
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
         return [normalize_caption(t) for t in texts]
@@ -97,15 +111,21 @@ class Captioner:
         max_new_tokens: int = 24,
         num_beams: int = 1,
         progress: bool = True,
+        min_new_tokens: int = 0,
     ) -> list[str]:
-        """One caption per image (special tokens stripped, lower-case, single-spaced; may be empty)."""
+        """One caption per image (special tokens stripped, lower-case, single-spaced; may be empty).
+
+        ``min_new_tokens``: suppress the end token until that many tokens (benchmarks: a fixed length).
+        """
         if batch_size < 1 or max_new_tokens < 1 or num_beams < 1:
             raise CaptionsError("batch_size, max_new_tokens and num_beams must be >= 1")
+        if min_new_tokens < 0:
+            raise CaptionsError("min_new_tokens must be >= 0")
         captions: list[str] = []
         with tqdm(total=len(images), desc="captioning", unit="img", disable=not progress) as bar:
             for rows in batches(len(images), batch_size):
                 chunk = _to_pil_list(images[rows])
-                captions.extend(self._caption_batch(chunk, max_new_tokens, num_beams))
+                captions.extend(self._caption_batch(chunk, max_new_tokens, num_beams, min_new_tokens))
                 bar.update(len(chunk))
         return captions
 
@@ -147,8 +167,10 @@ def _from_pretrained(source: str, local_files_only: bool) -> tuple[Any, Any]:
     return processor, net
 
 
-def load_captioner(model: str, device: str | torch.device = "auto") -> Captioner:
-    """Load a BLIP captioner from a hub id or a local ``save_pretrained`` directory.
+def load_captioner(
+    model: str, device: str | torch.device = "auto", dtype: torch.dtype | None = None
+) -> Captioner:
+    """Load a BLIP captioner from a hub id or a local ``save_pretrained`` directory (``dtype``: cast it).
 
     Raises :class:`CaptionerUnavailable` with one message saying what to download or build.
     """
@@ -173,7 +195,7 @@ def load_captioner(model: str, device: str | torch.device = "auto") -> Captioner
                 f"captioner.model: {model!r} is not a BLIP captioner saved with save_pretrained "
                 f"(model + processor): {reason}"
             ) from exc
-        return Captioner(net, processor, device, name=model)
+        return Captioner(net, processor, device, name=model, dtype=dtype)
     try:  # the Hugging Face cache first: no network needed
         processor, net = _from_pretrained(model, local_files_only=True)
     except (OSError, ValueError, KeyError):
@@ -186,7 +208,60 @@ def load_captioner(model: str, device: str | torch.device = "auto") -> Captioner
                 f"captioner.model: cannot load {model!r} from the Hugging Face Hub ({exc}); give a BLIP "
                 "captioning repo id (Salesforce/blip-image-captioning-base) or a local directory"
             ) from exc
-    return Captioner(net, processor, device, name=model)
+    return Captioner(net, processor, device, name=model, dtype=dtype)
+
+
+def blip_vocab(text_config: Any) -> list[str]:
+    """A placeholder BERT vocabulary of ``text_config.vocab_size`` entries with BLIP's special tokens where
+    the config expects them: ``[PAD]``, ``[SEP]`` (end) and ``[DEC]`` (bos) at its ids; ``[UNK] [CLS]
+    [MASK]`` at BERT's 100, 101, 103 and ``[ENC]`` after ``[DEC]`` when free; words ``w<id>`` elsewhere."""
+    size = int(text_config.vocab_size)
+    fixed = {
+        int(text_config.pad_token_id): "[PAD]",
+        int(text_config.sep_token_id): "[SEP]",
+        int(text_config.bos_token_id): "[DEC]",
+    }
+    if len(fixed) < 3 or max(fixed) >= size:
+        raise CaptionsError(f"text_config: pad, sep and bos ids {sorted(fixed)} must differ and be < {size}")
+    vocab: list[str | None] = [None] * size
+    for i, tok in fixed.items():
+        vocab[i] = tok
+    wanted = {"[UNK]": 100, "[CLS]": 101, "[MASK]": 103, "[ENC]": int(text_config.bos_token_id) + 1}
+    for tok, i in wanted.items():
+        free = [j for j, v in enumerate(vocab) if v is None]
+        if not free:
+            raise CaptionsError(f"text_config.vocab_size={size} is too small for BLIP's special tokens")
+        vocab[i if i < size and vocab[i] is None else free[0]] = tok
+    return [v if v is not None else f"w{i}" for i, v in enumerate(vocab)]
+
+
+def random_blip(
+    config: Any | None = None,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> Captioner:
+    """A BLIP captioner with random weights: BLIP-base's architecture (``BlipConfig()``: ViT-B/16 at 384 px,
+    BERT-base text decoder) unless ``config`` (a ``BlipConfig``) is given; no download.
+
+    The processor is BLIP's (:func:`discovla.tiny_blip.build_processor`: 384 px BICUBIC, CLIP mean/std at
+    the config's image size) with a BERT tokenizer over :func:`blip_vocab`. Seeded without touching the
+    global RNG. Captions are placeholder words: for measuring speed, not quality.
+    """
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    from discovla.tiny_blip import build_processor  # imports this module: not at the top
+
+    config = config if config is not None else BlipConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = Path(tmp) / "vocab.txt"
+        vocab_file.write_text("\n".join(blip_vocab(config.text_config)) + "\n")
+        processor = build_processor(vocab_file, int(config.vision_config.image_size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = BlipForConditionalGeneration(config)
+    name = "random BLIP-base" if config.to_dict() == BlipConfig().to_dict() else "random BLIP"
+    return Captioner(net, processor, device, name=name, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------------------
