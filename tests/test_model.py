@@ -402,3 +402,54 @@ def test_config_from_params_and_json():
     model = DiscoVLA(make_clip(TINY), cfg)
     assert json.loads(json.dumps(model.config_dict())) == model.config_dict()
     assert model.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+# ---- activation checkpointing -----------------------------------------------------------------------------
+def _step(model: DiscoVLA, px, tokens, pseudo) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One training step's loss and trainable gradients (no pseudo captions: alpha = beta = 0)."""
+    model.zero_grad(set_to_none=True)
+    p = model.encode_pseudo(pseudo) if pseudo is not None else None
+    w = 0.3 if pseudo is not None else 0.0
+    loss = discovla_loss(model.encode_text(tokens), model.encode_frames(px), p, model.logit_scale, w, w)[
+        "loss"
+    ]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("fusion", [False, True], ids=["lora", "fusion"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(fusion):
+    from unittest import mock
+
+    import discovla.model.discovla as dmod
+
+    cfg = DiscoVLAConfig(
+        fusion=fusion, vision_layers=3, text_layers=2, num_frames=3, temporal_position=fusion
+    )
+    model = DiscoVLA(make_clip(TINY), cfg).train()
+    randomise_trainable(model)
+    px, tokens = pixels(4, 3), make_tokens(4, 16, 100)
+    pseudo = make_tokens(12, 16, 100, seed=5).view(4, 3, 16) if fusion else None
+    assert not model.activation_checkpointing
+    with mock.patch.object(dmod, "checkpoint", wraps=dmod.checkpoint) as spy:
+        loss_off, grads_off = _step(model, px, tokens, pseudo)
+        assert spy.call_count == 0
+        assert model.set_activation_checkpointing(True) is model and model.activation_checkpointing
+        loss_on, grads_on = _step(model, px, tokens, pseudo)
+        # every residual block of every tower run (frames, captions, pseudo captions), once each
+        n_text = len(model.clip.transformer.resblocks)
+        want = len(model.clip.visual.transformer.resblocks) + n_text * (2 if fusion else 1)
+        assert spy.call_count == want
+        assert all(call.kwargs["use_reentrant"] is False for call in spy.call_args_list)
+        spy.reset_mock()
+        with torch.no_grad():  # inference: nothing to recompute, no checkpoint
+            feats = model.encode_frames(px)
+        assert spy.call_count == 0
+    assert torch.equal(loss_on, loss_off)
+    assert grads_on.keys() == grads_off.keys() and grads_on
+    for name in grads_off:
+        assert torch.equal(grads_on[name], grads_off[name]), name
+    assert all(g.abs().sum() > 0 for g in grads_on.values())
+    model.set_activation_checkpointing(False)
+    with torch.no_grad():
+        assert torch.equal(model.encode_frames(px), feats)

@@ -9,11 +9,18 @@ in eval mode, whatever ``train()`` says.
 
 Shapes: pixels ``[B, F, 3, H, W]`` (already normalised), tokens ``[N, L]`` with ``L <= context_length``,
 pseudo-caption tokens ``[B, F, L]``. Outputs are projected, NOT normalised.
+
+Activation checkpointing (:meth:`DiscoVLA.set_activation_checkpointing`, off by default; a run-time memory
+setting, not part of :class:`DiscoVLAConfig`: it changes no number) runs every residual block of both towers
+(plain blocks and IVFusion blocks, in :meth:`~DiscoVLA.encode_frames`, :meth:`~DiscoVLA.encode_text` and
+:meth:`~DiscoVLA.encode_pseudo`) under ``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` whenever
+grad is enabled: only each block's input is kept for backward, and the block's forward runs again there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +28,7 @@ import open_clip
 import torch
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from discovla.config import FramesParams, FusionParams, LoraParams
 from discovla.errors import DiscoVLAError
@@ -65,6 +73,7 @@ class DiscoVLA(nn.Module):
         self.vision_fusion = self._fusion_layers(clip.visual.transformer.resblocks, hv)
         self.text_fusion = self._fusion_layers(clip.transformer.resblocks, ht)
         self._trainable = [n for n, p in self.named_parameters() if p.requires_grad]
+        self._activation_checkpointing = False
         self.clip.eval()
 
     def _fusion_layers(self, blocks: nn.ModuleList, n: int) -> nn.ModuleList:
@@ -80,6 +89,25 @@ class DiscoVLA(nn.Module):
         super().train(mode)
         self.clip.eval()
         return self
+
+    # ---- activation checkpointing ----------------------------------------------------------------------
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether residual blocks run under activation checkpointing when grad is enabled."""
+        return self._activation_checkpointing
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> DiscoVLA:
+        """Turn per-block activation checkpointing on or off (returns ``self``). Same loss and gradients
+        either way; on, a training step keeps one ``[N, T, D]`` tensor per block instead of the block's
+        activations and pays one more forward of every block in backward."""
+        self._activation_checkpointing = bool(enabled)
+        return self
+
+    def _block(self, fn: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+        """``fn(*args, **kwargs)``: one residual block, checkpointed if enabled and grad is on."""
+        if self._activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        return fn(*args, **kwargs)
 
     # ---- vision --------------------------------------------------------------------------------------
     def embed_frames(self, pixels: Tensor) -> Tensor:
@@ -102,9 +130,9 @@ class DiscoVLA(nn.Module):
         first_fused = len(blocks) - len(self.vision_fusion)
         for i, block in enumerate(blocks):
             if i < first_fused:
-                x = block(x)
+                x = self._block(block, x)
             else:
-                x = fusion_block_forward(block, self.vision_fusion[i - first_fused], x, f, 0)
+                x = self._block(fusion_block_forward, block, self.vision_fusion[i - first_fused], x, f, 0)
         pooled, _ = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
@@ -160,7 +188,7 @@ class DiscoVLA(nn.Module):
         pos = self._pool_positions(tokens)
         x, mask = self._embed_text(self._trim_padding(tokens, pos))
         for block in self.clip.transformer.resblocks:
-            x = block(x, attn_mask=mask)
+            x = self._block(block, x, attn_mask=mask)
         return self._text_head(x, pos)
 
     def encode_pseudo(self, tokens: Tensor) -> Tensor:
@@ -179,10 +207,11 @@ class DiscoVLA(nn.Module):
         valid = torch.arange(length, device=tokens.device)[None, :] <= pos[:, None]
         for i, block in enumerate(blocks):
             if i < first_fused:
-                x = block(x, attn_mask=mask)
+                x = self._block(block, x, attn_mask=mask)
             else:
                 layer = self.text_fusion[i - first_fused]
-                x = fusion_block_forward(block, layer, x, f, pos, attn_mask=mask, key_valid=valid)
+                fwd = fusion_block_forward
+                x = self._block(fwd, block, layer, x, f, pos, attn_mask=mask, key_valid=valid)
         return self._text_head(x, pos).view(b, f, -1)
 
     # ---- misc ----------------------------------------------------------------------------------------
