@@ -117,12 +117,15 @@ class TrainParams(_Section):
     augment: Literal["none", "randaugment"] = "none"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    workers: int = Field(0, ge=0, le=64)
+    activation_checkpointing: bool = False
 
 
 class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1)
     chunk_size: int = Field(1024, ge=1)
     dsl: bool = True
+    workers: int = Field(0, ge=0, le=64)
 
 
 class ReportParams(_Section):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from discovla.artifacts.features import Features
 from discovla.batching import batches
 from discovla.images import normalise
+from discovla.loader import VideoBatches, make_loader
 from discovla.retrieval import retrieval_metrics, twin_accuracy
 
 
@@ -101,14 +102,17 @@ def zeroshot(features: Features, split: str, chunk_size: int, dsl: bool) -> dict
 
 
 @torch.no_grad()
-def embed_split(model: Any, features: Features, split: str, batch_size: int, device: str) -> tuple:
-    """Normalised (text, video) embeddings of a split with a trained model (video-level only)."""
+def embed_split(
+    model: Any, features: Features, split: str, batch_size: int, device: str, workers: int = 0
+) -> tuple:
+    """Normalised (text, video) embeddings of a split with a trained model (video-level only). The
+    pixels are read ``batch_size`` frames at a time by ``workers`` loader processes."""
     mean, std = features.meta["mean"], features.meta["std"]
-    vids = torch.from_numpy(features.split_videos(split))
-    per_batch = max(1, batch_size // features.pixels.shape[1])
+    per_batch = max(1, batch_size // features.num_frames)
+    plan = VideoBatches(features.pixels, features.split_videos(split), per_batch)
     videos = []
-    for sl in batches(len(vids), per_batch):
-        pix = normalise(features.pixels[vids[sl]].to(device), mean, std)
+    for raw in make_loader(plan, workers, pin_memory=torch.device(device).type == "cuda"):
+        pix = normalise(raw.to(device, non_blocking=True), mean, std)
         videos.append(model.video_embedding(model.encode_frames(pix)).float().cpu())
     caps = features.split_captions(split)
     tokens = features.cap_tokens[torch.tensor(caps.index.to_numpy())]
@@ -127,14 +131,15 @@ def evaluate_model(
     chunk_size: int,
     dsl: bool,
     device: str = "cpu",
+    workers: int = 0,
 ) -> dict[str, Any]:
     model.eval()
-    text, video = embed_split(model, features, split, batch_size, device)
+    text, video = embed_split(model, features, split, batch_size, device, workers)
     return score(text, video, features, split, chunk_size, float(model.logit_scale), dsl)
 
 
 def validation_monitor(
-    features: Features, batch_size: int, chunk_size: int
+    features: Features, batch_size: int, chunk_size: int, workers: int = 0
 ) -> Callable[[int, Any], dict[str, float]]:
     """An ``on_epoch`` callback for training: t2v / v2t R@1 on the val split (monitoring, never selection).
     Returns nothing when the cache has no val videos."""
@@ -143,7 +148,7 @@ def validation_monitor(
         if len(features.split_videos("val")) == 0:
             return {}
         device = str(next(iter(model.trainable_parameters())).device)
-        m = evaluate_model(model, features, "val", batch_size, chunk_size, dsl=False, device=device)
+        m = evaluate_model(model, features, "val", batch_size, chunk_size, False, device, workers)
         return {"val_t2v_R@1": m["t2v"]["R@1"], "val_v2t_R@1": m["v2t"]["R@1"]}
 
     return monitor

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from discovla.artifacts.features import Features, load_features
+from discovla.artifacts.features import Features, cache_digest, load_features
 from discovla.artifacts.index import (
     META,
     SKIPPED,
@@ -40,7 +40,6 @@ from discovla.artifacts.index import (
 from discovla.batching import batches
 from discovla.data.folder import VIDEO_EXTS
 from discovla.errors import DiscoVLAError
-from discovla.provenance import files_digest
 from discovla.retriever import Retriever
 from discovla.sampling import VideoError
 
@@ -262,12 +261,6 @@ def dataset_video_paths(dataset: str, root: str | Path) -> dict[str, str]:
     return {str(v): str(p) for v, p in zip(videos.video_id, videos.path, strict=True) if Path(p).is_file()}
 
 
-def features_digest(features_dir: str | Path) -> str:
-    """The feature cache's content digest (the same as :attr:`Features.digest` of :func:`load_features`)."""
-    path = Path(features_dir)
-    return files_digest((f for f in path.iterdir() if f.is_file()), root=path)
-
-
 def split_index(
     retriever: Retriever,
     features: Features,
@@ -345,7 +338,7 @@ def ensure_split_index(
             why = f"{out} is not an index of the {split} split"
         elif not Path(features_dir).is_dir():
             return old, ""  # nothing to compare with: the index is all there is
-        elif src.get("features_digest") == features_digest(features_dir):
+        elif src.get("features_digest") == cache_digest(features_dir):
             return old, ""
         else:
             why = f"the feature cache {features_dir} changed"

@@ -51,6 +51,8 @@ def train_config(
         distill_scale=p.fusion.distill_scale,
         device=t.device,
         precision=t.precision,
+        workers=t.workers,
+        activation_checkpointing=t.activation_checkpointing,
     )
     cfg.update(overrides)
     model = replace(model_config(p, num_frames), **(model_overrides or {}))

@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 from discovla.artifacts.adapters import latest_checkpoint, load_checkpoint, save_checkpoint
 from discovla.artifacts.features import Features
-from discovla.augment import augment_batch
 from discovla.config import FusionParams, TrainParams
 from discovla.distributed import average_gradients, gather_with_grad, init_distributed
 from discovla.images import normalise
+from discovla.loader import TrainBatches, make_loader
 from discovla.losses import discovla_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
 from discovla.provenance import source_digest, tensors_digest
@@ -75,7 +75,14 @@ class TrainConfig:
     distill_scale: str = _FUSION.distill_scale
     device: str = _TRAIN.device
     precision: str = _TRAIN.precision
+    workers: int = _TRAIN.workers  # loader worker processes (0: read in the training process)
+    activation_checkpointing: bool = _TRAIN.activation_checkpointing  # recompute each block in backward
     model: DiscoVLAConfig = field(default_factory=DiscoVLAConfig)
+
+
+# how a run executes, not what it computes: left out of the checkpoint key, so a run may resume with them
+# changed (the loader's batches and the recomputed activations are exactly those of the plain path)
+EXECUTION_FIELDS = ("workers", "activation_checkpointing")
 
 
 def epoch_plan(
@@ -102,9 +109,10 @@ def epoch_plan(
 
 def run_key(cfg: TrainConfig, features: Features, clip: torch.nn.Module) -> str:
     """The checkpoint key: config, input content, frozen weights and training code, hashed together."""
+    config = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS}
     blob = json.dumps(
         {
-            "cfg": asdict(cfg),
+            "cfg": config,
             "features": features.fingerprint(),
             "backbone": tensors_digest(sorted(clip.state_dict().items())),
             "code": source_digest(TRAINING_CODE),
@@ -132,8 +140,12 @@ def train(
     key = run_key(cfg, features, clip)  # before LoRA is installed into clip
     torch.manual_seed(cfg.seed)  # adapter init (A: Kaiming-uniform)
     model = DiscoVLA(clip, cfg.model).to(device)
+    model.set_activation_checkpointing(cfg.activation_checkpointing)
     params = model.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    fused = device.type == "cuda"  # one kernel for all adapters' updates; the CPU keeps the reference path
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused or None
+    )
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
     train_videos = features.split_videos("train")
@@ -160,28 +172,46 @@ def train(
         if d.main:
             print(f"resuming from {last} (epoch {start_epoch} of {cfg.epochs})")
 
-    local = cfg.batch_size // d.world
+    pin = device.type == "cuda"
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         order, chosen = epoch_plan(features, train_videos, cfg.seed, epoch, cfg.sampling)
+        plan = TrainBatches(
+            features.pixels,
+            features.cap_tokens,
+            features.pseudo_tokens if need_pseudo else None,
+            order,
+            chosen,
+            cfg.batch_size,
+            cfg.augment,
+            cfg.seed,
+            epoch,
+            d.rank,
+            d.world,
+        )
+        batches = iter(make_loader(plan, cfg.workers, pin_memory=pin))
         t0 = time.perf_counter()
+        waited = 0.0
         sums: dict[str, float] = {}
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and d.main)
         )
         for i in bar:
             step = epoch * steps_per_epoch + i
-            lo = i * cfg.batch_size + d.rank * local
-            vids = torch.from_numpy(order[lo : lo + local])
-            caps = torch.from_numpy(chosen[lo : lo + local])
-            raw = augment_batch(features.pixels[vids], cfg.augment, cfg.seed, epoch, range(lo, lo + local))
-            pixels = normalise(raw.to(device, non_blocking=True), mean, std)
-            tokens = features.cap_tokens[caps].to(device)
+            t_wait = time.perf_counter()
+            batch = next(batches)
+            waited += time.perf_counter() - t_wait
+            pixels = normalise(batch["pixels"].to(device, non_blocking=True), mean, std)
+            tokens = batch["tokens"].to(device, non_blocking=True)
             lr = opt.param_groups[0]["lr"]
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 frame_feats = model.encode_frames(pixels)
                 text_feats = model.encode_text(tokens)
-                pseudo = model.encode_pseudo(features.pseudo_tokens[vids].to(device)) if need_pseudo else None
+                pseudo = (
+                    model.encode_pseudo(batch["pseudo"].to(device, non_blocking=True))
+                    if need_pseudo
+                    else None
+                )
             frame_feats = gather_with_grad(frame_feats.float(), d)
             text_feats = gather_with_grad(text_feats.float(), d)
             pseudo = gather_with_grad(pseudo.float(), d) if pseudo is not None else None
@@ -208,10 +238,15 @@ def train(
                 sums[k] = sums.get(k, 0.0) + v
             record["curve"].append({"step": step + 1, "epoch": epoch + 1, "lr": lr, **vals})
             bar.set_postfix(loss=f"{vals['loss']:.3f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         entry = {k: v / steps_per_epoch for k, v in sums.items()}
         entry.update(
-            epoch=epoch + 1, seconds=seconds, samples_per_s=steps_per_epoch * cfg.batch_size / seconds
+            epoch=epoch + 1,
+            seconds=seconds,
+            samples_per_s=steps_per_epoch * cfg.batch_size / seconds,
+            data_wait=waited / seconds,  # fraction of the epoch spent waiting for the loader
         )
         if on_epoch is not None and d.main:
             model.eval()

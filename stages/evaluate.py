@@ -34,7 +34,7 @@ def main(
     zs = zeroshot(cache, "test", ev.chunk_size, ev.dsl)
     backbone = load_backbone(m.backbone, m.pretrained, device=device, context_length=m.context_length)
     model = load_adapters(adapters, backbone.model, device=device)
-    trained = evaluate_model(model, cache, "test", ev.batch_size, ev.chunk_size, ev.dsl, device=device)
+    trained = evaluate_model(model, cache, "test", ev.batch_size, ev.chunk_size, ev.dsl, device, ev.workers)
     ranks = {"zeroshot": zs.pop("ranks"), "discovla": trained.pop("ranks")}
     write_json(zeroshot_metrics, zs)
     write_json(metrics, {**trained, "zeroshot": {k: zs[k] for k in ("t2v", "v2t", "twins")}})

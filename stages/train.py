@@ -37,7 +37,9 @@ def main(
     cfg = train_config(params, num_frames=cache.pixels.shape[1])
     m = params.model
     backbone = load_backbone(m.backbone, m.pretrained, context_length=m.context_length)
-    validate = validation_monitor(cache, params.evaluate.batch_size, params.evaluate.chunk_size)
+    validate = validation_monitor(
+        cache, params.evaluate.batch_size, params.evaluate.chunk_size, params.train.workers
+    )
     model, record = train(backbone.model, cache, cfg, checkpoint_root(), on_epoch=validate)
     if int(os.environ.get("RANK", "0")) != 0:
         return

@@ -15,23 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from helpers.stores import write_frames_store
 from PIL import Image
 
 from discovla.artifacts.adapters import save_adapters
 from discovla.artifacts.captions import write_captions
 from discovla.artifacts.features import build_features, load_features
-from discovla.artifacts.frames import FRAMES_SCHEMA, SKIPPED_COLUMNS, VIDEOS_COLUMNS
 from discovla.artifacts.metrics import write_recall_curve, write_train_curve
 from discovla.backbone import load_backbone
 from discovla.clip_factory import save_clip
 from discovla.config import params_from_dict
 from discovla.evaluate import evaluate_model, zeroshot
-from discovla.images import encode_png
 from discovla.io import write_json
 from discovla.model import DiscoVLA, DiscoVLAConfig
 from discovla.report import ReportError, build_report, load_trained_model, write_report
@@ -55,28 +52,6 @@ ABLATION = {
 }
 
 
-def write_frames_store(out: Path, ids: list[str], splits: list[str]) -> None:
-    """A frames store in the documented layout (one shard, videos.csv, skipped.csv): per video a coloured
-    background with a white square moving right, so every strip shows motion."""
-    rng = np.random.default_rng(0)
-    cols: dict[str, list] = {name: [] for name in FRAMES_SCHEMA.names}
-    for vid in ids:
-        colour = rng.integers(0, 200, size=3, dtype=np.uint8)
-        for f in range(F):
-            im = np.broadcast_to(colour, (SIZE, SIZE, 3)).copy()
-            im[10:18, 4 + 6 * f : 12 + 6 * f] = 255
-            cols["video_id"].append(vid)
-            cols["frame"].append(f)
-            cols["timestamp"].append(0.25 * f)
-            cols["image"].append(encode_png(im))
-    out.mkdir(parents=True)
-    pq.write_table(pa.table(cols, schema=FRAMES_SCHEMA), out / "shard-00000.parquet")
-    videos = pd.DataFrame([[v, s, 20, 2.0, False] for v, s in zip(ids, splits, strict=True)])
-    videos.columns = VIDEOS_COLUMNS
-    videos.to_csv(out / "videos.csv", index=False)
-    pd.DataFrame(columns=SKIPPED_COLUMNS).to_csv(out / "skipped.csv", index=False)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny finished run: frames store, pseudo captions, feature cache (with twins), adapters on a saved
@@ -84,7 +59,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("run")
     ids = [f"tr{i}" for i in range(N_TRAIN)] + [f"te{i}" for i in range(N_TEST)]
     splits = ["train"] * N_TRAIN + ["test"] * N_TEST
-    write_frames_store(root / "frames", ids, splits)
+    write_frames_store(root / "frames", ids, splits, F, SIZE)
     pseudo = pd.DataFrame([(v, f, f"a shape in frame {f}") for v in ids for f in range(F)])
     pseudo.columns = ["video_id", "frame", "caption"]
     write_captions(root / "captions.parquet", pseudo)

@@ -33,7 +33,7 @@ def write_recall_curve(path: str | Path, ranks: dict[str, dict[str, Any]]) -> No
 # ``metrics/info/<stage>.json``, which DVC does not compare, so ``dvc metrics diff`` shows only real changes.
 RUN_KEYS = frozenset(
     {"seconds", "video_seconds", "train_seconds", "videos_per_s", "frames_per_s", "captions_per_s",
-     "samples_per_s", "device", "workers"}
+     "samples_per_s", "data_wait", "device", "workers"}
 )  # fmt: skip
 
 

@@ -7,12 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-
-from discovla.io import write_json
 
 CTX = 32
 FRAMES = 4
@@ -68,55 +63,8 @@ def train_adapters(root: Path, features: Any) -> Path:
     return out
 
 
-def _fixed(arr: np.ndarray) -> pa.FixedSizeListArray:
-    arr = np.ascontiguousarray(arr)
-    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
-
-
 def write_features(features: Any, out: Path) -> Path:
     """``features`` (in memory, e.g. ``synthetic_features()``) in the features stage's on-disk layout."""
-    out.mkdir(parents=True, exist_ok=True)
-    n, f = features.pixels.shape[:2]
-    vid = np.repeat(np.array(features.video_ids), f)
-    frame = np.tile(np.arange(f, dtype=np.int32), n)
-    pq.write_table(
-        pa.table(
-            {
-                "video_id": pa.array(vid, pa.string()),
-                "frame": pa.array(frame, pa.int32()),
-                "pixels": _fixed(features.pixels.reshape(n * f, -1).numpy()),
-                "embedding": _fixed(features.frame_emb.reshape(n * f, -1).numpy()),
-            }
-        ),
-        out / "frames.parquet",
-    )
-    pq.write_table(
-        pa.table(
-            {
-                "video_id": pa.array(vid, pa.string()),
-                "frame": pa.array(frame, pa.int32()),
-                "caption": pa.array(["a frame"] * (n * f), pa.string()),
-                "tokens": _fixed(features.pseudo_tokens.reshape(n * f, -1).numpy().astype(np.int32)),
-                "embedding": _fixed(features.pseudo_emb.reshape(n * f, -1).numpy()),
-            }
-        ),
-        out / "pseudo.parquet",
-    )
-    caps = features.captions
-    pq.write_table(
-        pa.table(
-            {
-                "caption_id": pa.array(caps.caption_id, pa.int64()),
-                "video_id": pa.array(caps.video_id, pa.string()),
-                "split": pa.array(caps.split, pa.string()),
-                "caption": pa.array(caps.caption, pa.string()),
-                "tokens": _fixed(features.cap_tokens.numpy().astype(np.int32)),
-                "embedding": _fixed(features.cap_emb.numpy()),
-            }
-        ),
-        out / "captions.parquet",
-    )
-    rows = zip(features.video_ids, features.video_split, strict=True)
-    (out / "videos.csv").write_text("video_id,split\n" + "".join(f"{v},{s}\n" for v, s in rows))
-    write_json(out / "meta.json", {**features.meta, "num_frames": int(f), "backbone": "tiny-clip"})
-    return out
+    from discovla.artifacts.features import save_features
+
+    return save_features(replace(features, meta={**features.meta, "backbone": "tiny-clip"}), out)
