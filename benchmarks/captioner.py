@@ -40,6 +40,9 @@ import torch
 import typer
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+from train_step import device_name  # noqa: E402
+
 from discovla.captioner import BLIP_BASE, Captioner, CaptionerUnavailable, load_captioner, random_blip
 from discovla.runtime import resolve_device
 
@@ -54,12 +57,6 @@ def _torch_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu x{torch.get_num_threads()} ({platform.processor() or platform.machine()})"
 
 
 def build_captioner(
@@ -184,7 +181,7 @@ def describe(captioner: Captioner) -> dict[str, Any]:
         "dtype": {v: k for k, v in DTYPES.items()}.get(captioner.model.dtype, str(captioner.model.dtype)),
         "parameters": sum(p.numel() for p in captioner.model.parameters()),
         "config": _config_summary(captioner),
-        "device": _device_name(captioner.device),
+        "device": device_name(captioner.device),
         "device_type": captioner.device.type,
         "machine": platform.machine(),
         "torch": torch.__version__,

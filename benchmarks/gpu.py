@@ -24,7 +24,6 @@ Writes ``benchmarks/results/gpu.json`` (not a DVC metric) with the device's name
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 import traceback
@@ -36,6 +35,8 @@ import torch
 import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
+
+from train_step import device_name  # noqa: E402
 
 from discovla.io import write_json  # noqa: E402
 
@@ -66,12 +67,6 @@ TINY = {
     "caption_batch": 2,
     "caption_dtype": "fp32",
 }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu x{torch.get_num_threads()} ({platform.machine()})"
 
 
 def step_section(sizes: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -239,7 +234,7 @@ def run(
     workers = workers if workers is not None else (1 if tiny else min(8, cores))
     work = work or Path(".work/bench/gpu")
     result: dict[str, Any] = {
-        "device": _device_name(device),
+        "device": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "torch": torch.__version__,
         "cpus": cores,

@@ -44,10 +44,11 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def device_name(device: torch.device) -> str:
-    """``torch.cuda.get_device_name`` for a GPU, ``cpu xN`` (N threads) otherwise."""
+    """``torch.cuda.get_device_name`` for a GPU, ``cpu xN (machine)`` (N threads) otherwise. The one device
+    label of the benchmarks (gpu.py and captioner.py use it too)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} x{torch.get_num_threads()}"
+    return f"{device.type} x{torch.get_num_threads()} ({platform.machine()})"
 
 
 def measure_step(
