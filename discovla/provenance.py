@@ -33,22 +33,32 @@ def module_path(name: str, root: Path | None = None) -> Path | None:
     return None
 
 
-def _imports(path: Path, name: str, root: Path) -> set[str]:
-    """Package modules named by the import statements of one file (``from a import b``: a.b if a module)."""
+def file_imports(path: Path, root: Path | None = None) -> set[str]:
+    """Package modules that the file ``path`` imports, anywhere in it (imports inside functions too), with
+    every parent package (importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py`` first).
+
+    ``from a import b`` names ``a`` and, when it is a module, ``a.b``. Relative imports are resolved from
+    the file's place under ``root`` (default: this package's directory); a file outside the package (a
+    stage script) has none. Only modules that exist under ``root`` are returned. The one import walker:
+    the training checkpoint key (:func:`source_digest`) and ``tests/test_dvc_deps.py`` both use it.
+    """
+    root = root or ROOT
+    try:
+        package = list(path.resolve().relative_to(root.resolve().parent).parent.parts)
+    except ValueError:
+        package = []
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
+            anchor = package[: len(package) - node.level + 1] if node.level else []
+            base = ".".join([*anchor, *([node.module] if node.module else [])])
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m.split(".")[0] == PACKAGE and module_path(m, root) is not None}
+    with_parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 2)}
+    return {m for m in with_parents if m.split(".")[0] == PACKAGE and module_path(m, root) is not None}
 
 
 def import_closure(modules: Iterable[str], root: Path | None = None) -> list[str]:
@@ -56,7 +66,7 @@ def import_closure(modules: Iterable[str], root: Path | None = None) -> list[str
     read from the sources under ``root`` (default: this package)."""
     root = root or ROOT
     seen: set[str] = set()
-    todo = list(modules)
+    todo = [".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -65,10 +75,7 @@ def import_closure(modules: Iterable[str], root: Path | None = None) -> list[str
         if path is None:
             raise ModuleNotFoundError(f"no module {name} in {root}")
         seen.add(name)
-        # importing a.b.c runs a/__init__.py and a/b/__init__.py first
-        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
-        todo.extend(p for p in parents if module_path(p, root) is not None)
-        todo.extend(_imports(path, name, root) - seen)
+        todo.extend(file_imports(path, root) - seen)
     return sorted(seen)
 
 
@@ -80,15 +87,30 @@ def source_digest(modules: Iterable[str], root: Path | None = None) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file's bytes (hex), streamed."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def combine_file_digests(digests: dict[str, str]) -> str:
+    """sha256 over (name, file sha256) pairs in sorted name order: :func:`files_digest` from per-file digests
+    recorded earlier (a cache manifest), without reading the files again."""
+    h = hashlib.sha256()
+    for name in sorted(digests, key=lambda n: Path(n).parts):
+        h.update(name.encode() + b"\0")
+        h.update(bytes.fromhex(digests[name]))
+    return h.hexdigest()
+
+
 def files_digest(paths: Iterable[str | Path], root: str | Path | None = None) -> str:
     """sha256 over (relative name, bytes) of each file, in sorted order."""
-    h = hashlib.sha256()
-    for p in sorted(Path(x) for x in paths):
-        name = str(p.relative_to(root)) if root is not None else p.name
-        h.update(name.encode() + b"\0")
-        with open(p, "rb") as f:
-            h.update(hashlib.file_digest(f, "sha256").digest())
-    return h.hexdigest()
+    return combine_file_digests(
+        {
+            (str(Path(p).relative_to(root)) if root is not None else Path(p).name): file_sha256(p)
+            for p in paths
+        }
+    )
 
 
 def tensors_digest(items: Iterable[tuple[str, torch.Tensor | np.ndarray]]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from discovla.artifacts.features import build_features
+from discovla.featurize import build_features
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
 from discovla.data import load_dataset

@@ -34,33 +34,13 @@ from pathlib import Path
 import yaml
 
 from discovla.config import Params
+from discovla.provenance import file_imports, module_path
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = "discovla"
 LOADERS = {"load_params", "load_params_or_exit"}
 SECTIONS = {s: set(f.annotation.model_fields) for s, f in Params.model_fields.items()}
 HERE = ("Path(__file__).parent / ", "Path(__file__).resolve().parent / ")
-
-
-def _module_file(name: str, root: Path) -> Path | None:
-    base = root.joinpath(*name.split("."))
-    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
-
-
-def _imports(path: Path, tree: ast.Module, root: Path) -> set[str]:
-    """Package modules a file imports, with every parent package (their ``__init__`` runs first)."""
-    pkg = list(path.relative_to(root).parent.parts)
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            anchor = pkg[: len(pkg) - node.level + 1] if node.level else []
-            base = ".".join([*anchor, *([node.module] if node.module else [])])
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}", root))
-    parents = {".".join(m.split(".")[:i]) for m in found for i in range(1, m.count(".") + 2)}
-    return {m for m in parents if m.split(".")[0] == PKG and _module_file(m, root)}
 
 
 def _inert(node: ast.stmt) -> bool:
@@ -93,13 +73,14 @@ def _fixed_paths(path: Path, tree: ast.Module) -> set[Path]:
 
 def closure(script: Path, root: Path) -> tuple[set[str], dict[Path, ast.Module]]:
     """Repo-relative paths of a script's code closure, and every Python file parsed on the way."""
+    pkg = root / PKG
     trees = {script: ast.parse(script.read_text())}
-    todo = list(_imports(script, trees[script], root))
+    todo = list(file_imports(script, pkg))  # the project's one import walker (discovla/provenance.py)
     while todo:
-        path = _module_file(todo.pop(), root)
+        path = module_path(todo.pop(), pkg)
         if path is not None and path not in trees:
             trees[path] = ast.parse(path.read_text())
-            todo.extend(_imports(path, trees[path], root))
+            todo.extend(file_imports(path, pkg))
     files = {p for p, t in trees.items() if p.name != "__init__.py" or not all(map(_inert, t.body))}
     files.update(f for p, t in trees.items() for f in _fixed_paths(p, t))
     return {f.relative_to(root).as_posix() for f in files if "__pycache__" not in f.parts}, trees

@@ -3,6 +3,7 @@ trains from it (any number of workers gives the very same batches and adapters).
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -15,19 +16,17 @@ import pytest
 import torch
 from helpers.stores import write_frames_store
 
+from discovla.artifacts import manifest as manifest_mod
 from discovla.artifacts.captions import write_captions
-from discovla.artifacts.features import (
-    PIXELS_FILE,
-    FeaturesError,
-    VideoPixels,
-    build_features,
-    load_features,
-    save_features,
-)
+from discovla.artifacts.features import FeaturesError, cache_digest, load_features, save_features
 from discovla.artifacts.frames import read_frames
+from discovla.artifacts.manifest import MANIFEST, write_manifest
+from discovla.artifacts.pixels import PIXELS_FILE, VideoPixels
 from discovla.backbone import load_backbone
+from discovla.featurize import build_features
 from discovla.loader import TrainBatches, VideoBatches, make_loader
 from discovla.model import DiscoVLAConfig
+from discovla.provenance import files_digest
 from discovla.train import TrainConfig, epoch_plan, train
 
 F, SIZE = 4, 32
@@ -166,3 +165,94 @@ def test_training_from_disk_with_workers_matches_memory(features, tiny_clip_fact
         assert all(torch.equal(state[k], mem[k]) for k in mem), name
         assert 0.0 <= record["epochs"][0]["data_wait"] < 1.0
     assert runs["disk"][1]["checkpoint_key"] == runs["workers"][1]["checkpoint_key"]  # workers: not in key
+
+
+def _count_hashes(monkeypatch) -> list[str]:
+    """Names of the files the manifest check hashes from now on."""
+    hashed: list[str] = []
+    real = manifest_mod.file_sha256
+
+    def counting(path):  # noqa: ANN001, ANN202
+        hashed.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(manifest_mod, "file_sha256", counting)
+    return hashed
+
+
+def test_loading_checks_the_manifest_without_reading_the_cache(features, tmp_path: Path, monkeypatch) -> None:
+    cache = save_features(features, tmp_path / "c")
+    files = [f for f in cache.iterdir() if f.name != MANIFEST]
+    digest = load_features(cache).fingerprint()
+    assert digest == files_digest(files, root=cache)  # the content digest, recorded when written
+    hashed = _count_hashes(monkeypatch)
+    assert load_features(cache).fingerprint() == digest and hashed == []  # sizes and times only
+    assert load_features(cache, verify=True).fingerprint() == digest
+    assert sorted(hashed) == sorted(f.name for f in files)  # verify: every file, whatever the times
+
+    # a copy (as `dvc checkout` makes) has new times: hashed once, remembered beside the cache, then cheap
+    hashed.clear()
+    for f in files:
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert cache_digest(cache) == digest and sorted(hashed) == sorted(f.name for f in files)
+    assert (tmp_path / ".c.verified.json").is_file() and MANIFEST in {f.name for f in cache.iterdir()}
+    hashed.clear()
+    assert cache_digest(cache) == digest and hashed == []
+
+
+def test_a_changed_byte_is_caught_by_time_or_by_verify(features, tmp_path: Path) -> None:
+    cache = save_features(features, tmp_path / "c")
+    pixels = cache / PIXELS_FILE
+    st = pixels.stat()
+    raw = bytearray(pixels.read_bytes())
+    raw[-100] ^= 1
+    pixels.write_bytes(bytes(raw))
+    os.utime(pixels, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same time: the cheap check trusts it
+    assert cache_digest(cache)
+    with pytest.raises(FeaturesError, match=f"{PIXELS_FILE} differs from its manifest"):
+        load_features(cache, verify=True)
+    os.utime(pixels)  # any other time: hashed, and refused
+    with pytest.raises(FeaturesError, match=f"{PIXELS_FILE} differs from its manifest"):
+        load_features(cache)
+    (cache / PIXELS_FILE).write_bytes(bytes(raw[:-1]))
+    with pytest.raises(FeaturesError, match="bytes, its manifest"):
+        load_features(cache)
+
+
+def test_missing_foreign_and_manifestless_caches_are_refused(features, tmp_path: Path) -> None:
+    cache = save_features(features, tmp_path / "c")
+    (cache / "notes.txt").write_text("mine")
+    with pytest.raises(FeaturesError, match="notes.txt is not in manifest.json"):
+        load_features(cache)
+    (cache / "notes.txt").unlink()
+    (cache / "twins.csv").unlink()
+    with pytest.raises(FeaturesError, match="twins.csv is missing"):
+        load_features(cache)
+    (cache / MANIFEST).unlink()
+    with pytest.raises(FeaturesError, match="manifest.json not found.*rerun the features stage"):
+        load_features(cache)
+
+
+def test_a_video_split_over_two_runs_of_rows_is_refused(features, tmp_path: Path) -> None:
+    cache = save_features(features, tmp_path / "c")
+    table = pq.read_table(cache / "frames.parquet")
+    rows = np.arange(table.num_rows)
+    rows[[F - 1, F]] = rows[[F, F - 1]]  # the first video's last frame after the second video's first
+    pq.write_table(table.take(rows), cache / "frames.parquet")
+    write_manifest(cache)  # consistent bytes: only the layout check can see it
+    with pytest.raises(FeaturesError, match="frames are not consecutive"):
+        load_features(cache)
+
+
+def test_video_pixels_index_like_a_tensor(features, tmp_path: Path) -> None:
+    disk = load_features(save_features(features, tmp_path / "c")).pixels
+    dense = disk[np.arange(len(disk))]
+    mask = np.zeros(len(disk), bool)
+    mask[[1, 3]] = True
+    assert torch.equal(disk[mask], dense[[1, 3]]) and torch.equal(disk[torch.from_numpy(mask)], dense[[1, 3]])
+    assert torch.equal(disk[-1], dense[-1]) and torch.equal(disk[np.int64(2)], dense[2])
+    assert torch.equal(disk[1:4:2], dense[1:4:2]) and torch.equal(disk[[-1, 0]], dense[[-1, 0]])
+    with pytest.raises(IndexError):
+        disk[np.ones(len(disk) + 1, bool)]
+    with pytest.raises(IndexError):
+        disk[[len(disk)]]

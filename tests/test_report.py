@@ -23,12 +23,13 @@ from PIL import Image
 
 from discovla.artifacts.adapters import save_adapters
 from discovla.artifacts.captions import write_captions
-from discovla.artifacts.features import build_features, load_features
+from discovla.artifacts.features import load_features
 from discovla.artifacts.metrics import write_recall_curve, write_train_curve
 from discovla.backbone import load_backbone
 from discovla.clip_factory import save_clip
 from discovla.config import params_from_dict
 from discovla.evaluate import evaluate_model, zeroshot
+from discovla.featurize import build_features
 from discovla.io import write_json
 from discovla.model import DiscoVLA, DiscoVLAConfig
 from discovla.report import ReportError, build_report, load_trained_model, write_report

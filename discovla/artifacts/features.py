@@ -1,29 +1,27 @@
 """Feature cache: everything training and evaluation read, computed once, read back in batches from disk.
 
-The features stage decodes the sampled frames once and runs the frozen backbone once. It writes
-(docs/formats.md):
+The features stage (:mod:`discovla.featurize`) decodes the sampled frames once and runs the frozen backbone
+once. The cache directory holds (docs/formats.md):
 
-- ``pixels.arrow``: the exact pixels the first trainable layer sees (uint8 CHW at the backbone's image
-  size; mean/std normalisation is applied on the fly), an uncompressed Arrow IPC file with ONE record
-  batch per video (``video_id, frame, pixels``), in the frames store's order. Readers fetch single videos
-  by batch index (:class:`VideoPixels`), so host memory does not grow with the dataset; pyarrow
-  (``pyarrow.ipc.open_file``) and pandas (``pandas.read_feather``) open it as a table;
+- ``pixels.arrow``: the exact pixels the first trainable layer sees, one Arrow record batch per video
+  (:mod:`discovla.artifacts.pixels`), read a video at a time;
 - ``frames.parquet``: per frame, the frozen L2-normalised image embedding (zero-shot baseline, analysis);
 - ``captions.parquet``: per real caption, token ids and the frozen text embedding;
 - ``pseudo.parquet``: per frame, its pseudo caption, token ids and frozen text embedding;
-- ``videos.csv``, ``twins.csv`` (shapes world) and ``meta.json``.
+- ``videos.csv``, ``twins.csv`` (shapes world) and ``meta.json``;
+- ``manifest.json``, written last: every file's size, time and sha256 and the cache's content digest
+  (:mod:`discovla.artifacts.manifest`), so a load checks the files cheaply instead of reading them all.
 
-The builder streams too: frames are decoded, embedded and written a batch at a time. Training never
-decodes video or images: :func:`load_features` returns the small tensors (token ids, the caption table)
-dense, the pixels as a :class:`VideoPixels` reader, and the frozen embeddings on first use.
+This module owns the layout, its writer primitives (:func:`write_tables`, :func:`save_features`) and the
+reader: :func:`load_features` returns the small tensors (token ids, the caption table) dense, the pixels
+as a :class:`~discovla.artifacts.pixels.VideoPixels` reader, and the frozen embeddings on first use. It
+imports nothing of the machinery that produces a cache (frames store, captioner, backbone), so what
+training imports is the reader alone.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,137 +33,27 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from discovla.artifacts.captions import read_captions
-from discovla.artifacts.frames import iter_frame_batches, read_frames_index, read_videos
-from discovla.batching import batches
+from discovla.artifacts.manifest import ManifestError, check_manifest, write_manifest
+from discovla.artifacts.pixels import (
+    PIXELS_FILE,
+    PixelWriter,
+    VideoPixels,
+    fixed_list,
+    pixel_file_shape,
+    to_numpy,
+)
 from discovla.errors import DiscoVLAError
 from discovla.io import atomic_dir, read_json, write_json
-from discovla.provenance import files_digest, tensors_digest
+from discovla.provenance import tensors_digest
 
-PIXELS_FILE = "pixels.arrow"
+RERUN = "rerun the features stage (dvc repro features)"
 
 
 class FeaturesError(DiscoVLAError, ValueError):
     """A feature cache (or its inputs) that is missing or inconsistent, with what to rerun."""
 
 
-def fixed_list(arr: np.ndarray) -> pa.FixedSizeListArray:
-    """A 2-D numpy array as an Arrow fixed-size list column (one row per array row)."""
-    arr = np.ascontiguousarray(arr)
-    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
-
-
-def to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = None) -> np.ndarray:
-    """An Arrow fixed-size list column back to a 2-D numpy array (bit-exact)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    width = column.type.list_size
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    out = flat.reshape(len(column), width)
-    return out.astype(dtype, copy=False) if dtype is not None else out
-
-
-def _embed(encode: Any, x: np.ndarray, batch_size: int, desc: str) -> np.ndarray:
-    """``encode`` (a backbone's batched, normalising encoder) over ``x`` with a progress bar."""
-    chunks = list(batches(len(x), batch_size))
-    out = [encode(torch.from_numpy(x[sl]), batch_size).numpy() for sl in tqdm(chunks, desc=desc, leave=False)]
-    return np.concatenate(out).astype(np.float32)
-
-
-def _video_groups(
-    frames_dir: str | Path, batch_rows: int
-) -> Iterator[tuple[np.ndarray, list[tuple[str, np.ndarray, np.ndarray]]]]:
-    """Per batch of the frames store: its CHW pixels, and the videos it completes
-    (``(video_id, frames, pixels)``; a video split across batches is completed by the later one)."""
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (ids, frames, pixels) of an open video
-    for keys, images in iter_frame_batches(frames_dir, batch_rows):
-        pixels = images.transpose(0, 3, 1, 2)  # N,3,S,S uint8 (a view; copied per video below)
-        ids, fr = keys.video_id.to_numpy(), keys.frame.to_numpy(np.int32)
-        done = []
-        bounds = np.flatnonzero(ids[1:] != ids[:-1]) + 1
-        starts, ends = np.r_[0, bounds], np.r_[bounds, len(ids)]
-        for s, e in zip(starts, ends, strict=True):
-            part = (ids[s:e], fr[s:e], pixels[s:e])
-            if pending and pending[0][0][0] != ids[s]:
-                done.append(_close(pending))
-                pending = []
-            pending.append(part)
-            if e < len(ids):  # another video starts in this batch: this one is complete
-                done.append(_close(pending))
-                pending = []
-        yield pixels, done
-    if pending:
-        yield np.zeros((0,), np.uint8), [_close(pending)]
-
-
-def _close(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[str, np.ndarray, np.ndarray]:
-    frames = np.concatenate([p[1] for p in parts])
-    pixels = np.concatenate([p[2] for p in parts])
-    order = np.argsort(frames, kind="stable")
-    return str(parts[0][0][0]), frames[order], np.ascontiguousarray(pixels[order])
-
-
-def build_features(
-    backbone: Any,
-    frames_dir: str | Path,
-    captions_path: str | Path,
-    dataset_captions: pd.DataFrame,
-    out_dir: str | Path,
-    batch_size: int = 256,
-    twins_csv: str | Path | None = None,
-) -> dict[str, Any]:
-    """Compute and write the feature cache. Returns the summary also stored in ``meta.json``.
-
-    ``dataset_captions`` has columns caption_id, video_id, caption, split (the dataset's real captions);
-    captions of videos without frames (skipped by the frames stage) are dropped and counted. The dataset
-    readers (:func:`discovla.data.load_dataset`) have already refused empty or whitespace-only captions.
-    Frames are read, embedded and written ``batch_size`` at a time: memory does not grow with the dataset.
-    """
-    frames = read_frames_index(frames_dir)[["video_id", "frame"]]
-    videos = read_videos(frames_dir)
-    pseudo = read_captions(captions_path)
-    key = ["video_id", "frame"]
-    pseudo = frames[key].merge(pseudo, on=key, how="left", validate="one_to_one")
-    if pseudo.caption.isna().any():
-        row = pseudo[pseudo.caption.isna()].iloc[0]
-        raise FeaturesError(
-            f"frame {row.video_id}#{row.frame} has no pseudo caption: rerun the captions stage"
-        )
-
-    have = set(videos.video_id)
-    caps = dataset_captions[dataset_captions.video_id.isin(have)].reset_index(drop=True)
-    dropped = len(dataset_captions) - len(caps)
-    cap_tokens = backbone.tokenize(list(caps.caption)).numpy().astype(np.int32)
-    pseudo_tokens = backbone.tokenize(list(pseudo.caption)).numpy().astype(np.int32)
-    size = backbone.image_size
-    with atomic_dir(out_dir) as tmp:
-        with _PixelWriter(tmp / PIXELS_FILE, size) as writer:
-            frame_emb = _embed_and_write_pixels(backbone, frames_dir, writer, batch_size, len(frames))
-        cap_emb = _embed(backbone.encode_texts, cap_tokens, batch_size, "caption embeddings")
-        pseudo_emb = _embed(backbone.encode_texts, pseudo_tokens, batch_size, "pseudo-caption embeddings")
-        meta = {
-            "backbone": backbone.name,
-            "pretrained": backbone.pretrained,
-            "image_size": size,
-            "context_length": int(cap_tokens.shape[1]),
-            "embed_dim": int(backbone.embed_dim),
-            "mean": list(backbone.mean),
-            "std": list(backbone.std),
-            "logit_scale": float(backbone.logit_scale),
-            "videos": int(len(videos)),
-            "frames": int(len(frames)),
-            "num_frames": int(frames.groupby("video_id").size().max()) if len(frames) else 0,
-            "captions": int(len(caps)),
-            "captions_dropped_no_frames": int(dropped),
-        }
-        pseudo = pseudo.assign(tokens=list(pseudo_tokens), embedding=list(pseudo_emb))
-        _write_tables(tmp, meta, frames, frame_emb, caps, cap_tokens, cap_emb, pseudo, videos)
-        if twins_csv is not None and Path(twins_csv).exists():
-            shutil.copyfile(twins_csv, tmp / "twins.csv")
-    return meta
-
-
-def _write_tables(
+def write_tables(
     out: Path,
     meta: dict[str, Any],
     frames: pd.DataFrame,
@@ -211,41 +99,6 @@ def _write_tables(
     write_json(out / "meta.json", meta)
 
 
-class _PixelWriter:
-    """Writes ``pixels.arrow``: one record batch (video_id, frame, pixels) per video."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.size = size
-        self.schema = pa.schema(
-            [
-                ("video_id", pa.string()),
-                ("frame", pa.int32()),
-                ("pixels", pa.list_(pa.uint8(), 3 * size * size)),
-            ]
-        )
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_file(self._sink, self.schema)
-
-    def write(self, video_id: str, frames: np.ndarray, pixels: np.ndarray) -> None:
-        """One video: ``frames`` [F] and its ``pixels`` uint8 [F, 3, S, S]."""
-        batch = pa.record_batch(
-            [
-                pa.array([video_id] * len(frames), pa.string()),
-                pa.array(frames, pa.int32()),
-                fixed_list(np.ascontiguousarray(pixels).reshape(len(pixels), -1)),
-            ],
-            schema=self.schema,
-        )
-        self._writer.write_batch(batch)
-
-    def __enter__(self) -> _PixelWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._writer.close()
-        self._sink.close()
-
-
 def save_features(features: Features, out_dir: str | Path) -> Path:
     """Write in-memory ``features`` (e.g. a synthetic cache for tests and benchmarks) in the features
     stage's layout, atomically; :func:`load_features` reads it back."""
@@ -263,10 +116,10 @@ def save_features(features: Features, out_dir: str | Path) -> Path:
     videos = pd.DataFrame({"video_id": features.video_ids, "split": features.video_split})
     meta = {**features.meta, "image_size": size, "num_frames": n_f, "videos": n_v, "frames": n_v * n_f}
     with atomic_dir(out_dir) as tmp:
-        with _PixelWriter(tmp / PIXELS_FILE, size) as writer:
+        with PixelWriter(tmp / PIXELS_FILE, size) as writer:
             for i, video_id in enumerate(tqdm(features.video_ids, desc="pixels", leave=False)):
                 writer.write(video_id, frame_index, features.pixels[i].numpy())
-        _write_tables(
+        write_tables(
             tmp,
             meta,
             frames,
@@ -279,88 +132,8 @@ def save_features(features: Features, out_dir: str | Path) -> Path:
         )
         if not features.twins.empty:
             features.twins.to_csv(tmp / "twins.csv", index=False)
+        write_manifest(tmp)
     return Path(out_dir)
-
-
-def _embed_and_write_pixels(
-    backbone: Any, frames_dir: str | Path, writer: _PixelWriter, batch_size: int, total: int
-) -> np.ndarray:
-    """Stream the frames store into ``writer`` (one video at a time) and return the frozen frame
-    embeddings, in the store's row order, computed ``batch_size`` frames at a time."""
-    emb = []
-    size = writer.size
-    with tqdm(total=total, desc="frame embeddings", unit="frame", leave=False) as bar:
-        for pixels, done in _video_groups(frames_dir, batch_size):
-            if len(pixels):
-                if pixels.shape[2:] != (size, size):
-                    raise FeaturesError(
-                        f"frames are {pixels.shape[2]}x{pixels.shape[3]} but {backbone.name} expects "
-                        f"{size}x{size}: set frames.size: {size} in params.yaml"
-                    )
-                emb.append(backbone.encode_images(torch.from_numpy(pixels.copy()), batch_size).numpy())
-                bar.update(len(pixels))
-            for video_id, frame, pix in done:
-                writer.write(video_id, frame, pix)
-    if not emb:
-        return np.zeros((0, backbone.embed_dim), np.float32)
-    return np.concatenate(emb).astype(np.float32)
-
-
-class VideoPixels:
-    """The cache's pixels, read from ``pixels.arrow`` one video (record batch) at a time.
-
-    Indexing mirrors a ``uint8 [V, F, 3, S, S]`` tensor along the video axis: ``pixels[i]`` is
-    ``[F, 3, S, S]``, ``pixels[idx]`` (a sequence, array, tensor or slice of video indices) is
-    ``[len(idx), F, 3, S, S]``. Each process opens its own file handle on first use (DataLoader workers
-    included) and reads with positioned reads, not a memory map, so resident memory stays at the batches
-    being read.
-    """
-
-    def __init__(self, path: str | Path, batch_of: np.ndarray, frames: int, size: int) -> None:
-        self.path = Path(path)
-        self.batch_of = np.asarray(batch_of, dtype=np.int64)  # video index -> record batch
-        self.shape = (len(self.batch_of), frames, 3, size, size)
-        self.dtype = torch.uint8
-        self._reader: pa.ipc.RecordBatchFileReader | None = None
-        self._pid = -1
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getstate__(self) -> dict[str, Any]:  # workers reopen the file
-        return {**self.__dict__, "_reader": None, "_pid": -1}
-
-    def _open(self) -> pa.ipc.RecordBatchFileReader:
-        if self._reader is None or self._pid != os.getpid():
-            self._reader = pa.ipc.open_file(pa.OSFile(str(self.path)))
-            self._pid = os.getpid()
-        return self._reader
-
-    def _video(self, i: int, out: np.ndarray) -> None:
-        batch = self._open().get_batch(int(self.batch_of[i]))
-        n_f = self.shape[1]
-        if batch.num_rows != n_f:
-            raise FeaturesError(f"{self.path}: video {i} has {batch.num_rows} frames, expected {n_f}")
-        flat = batch.column(2).values.to_numpy(zero_copy_only=False)
-        out[...] = flat.reshape(self.shape[1:])
-
-    def __getitem__(self, index: Any) -> torch.Tensor:
-        if isinstance(index, torch.Tensor):
-            index = index.numpy()
-        if isinstance(index, slice):
-            index = np.arange(len(self))[index]
-        if np.ndim(index) == 0:
-            i = int(index)
-            i = i + len(self) if i < 0 else i
-            out = np.empty(self.shape[1:], np.uint8)
-            self._video(i, out)
-            return torch.from_numpy(out)
-        idx = np.asarray(index, dtype=np.int64)
-        idx = np.where(idx < 0, idx + len(self), idx)
-        out = np.empty((len(idx), *self.shape[1:]), np.uint8)
-        for k, i in enumerate(idx):
-            self._video(int(i), out[k])
-        return torch.from_numpy(out)
 
 
 class _Lazy:
@@ -440,10 +213,14 @@ class Features:
         return self.captions[self.captions.split == split]
 
 
-def cache_digest(path: str | Path) -> str:
-    """The content digest of a feature cache directory (every file's bytes, streamed)."""
-    path = Path(path)
-    return files_digest((f for f in path.iterdir() if f.is_file()), root=path)
+def cache_digest(path: str | Path, verify: bool = False) -> str:
+    """The content digest of a feature cache directory, recorded in its manifest when it was written, after
+    a cheap check of its files (sizes and modification times; a file whose time moved is hashed once);
+    ``verify``: hash every file. :class:`FeaturesError` when a file is missing, foreign or damaged."""
+    try:
+        return check_manifest(path, RERUN, verify=verify)
+    except ManifestError as exc:
+        raise FeaturesError(str(exc)) from None
 
 
 def _frame_order(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -468,15 +245,18 @@ def _read_embedding(features: Features, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(emb))
 
 
-def load_features(path: str | Path) -> Features:
-    """Open the feature cache written by :func:`build_features` (pixels and embeddings stay on disk)."""
+def load_features(path: str | Path, verify: bool = False) -> Features:
+    """Open the feature cache written by the features stage (pixels and embeddings stay on disk).
+
+    Its files are checked against the manifest cheaply (sizes and times, :func:`cache_digest`), not read
+    whole; ``verify`` hashes every file. The content digest recorded at write time is the cache's
+    :meth:`Features.fingerprint` (the training checkpoint key's data part)."""
     path = Path(path)
     if not (path / "meta.json").exists():
         raise FeaturesError(f"{path}/meta.json not found: run the features stage first (dvc repro features)")
     if not (path / PIXELS_FILE).exists():
-        raise FeaturesError(
-            f"{path}/{PIXELS_FILE} not found (a cache from an older version?): rerun the features stage"
-        )
+        raise FeaturesError(f"{path}/{PIXELS_FILE} not found (a cache from an older version?): {RERUN}")
+    digest = cache_digest(path, verify=verify)
     meta = read_json(path / "meta.json")
     frames = pq.read_table(path / "frames.parquet", columns=["video_id", "frame"])
     order, sorted_vid = _frame_order(frames)
@@ -488,18 +268,16 @@ def load_features(path: str | Path) -> Features:
     # pixels.arrow holds one batch per video in frames.parquet's row order: video -> its batch index
     store_vid = np.asarray(frames.column("video_id").to_pylist())
     starts = np.r_[0, np.flatnonzero(store_vid[1:] != store_vid[:-1]) + 1] if len(store_vid) else []
+    if len(starts) != n_v:  # a video's rows in more than one run: the batches would not match the videos
+        raise FeaturesError(f"{path}/frames.parquet: a video's frames are not consecutive: {RERUN}")
     batch_index = {v: b for b, v in enumerate(store_vid[starts])}
-    if len(batch_index) != n_v:
-        raise FeaturesError(f"{path}/frames.parquet: a video's frames are not consecutive")
     batch_of = np.array([batch_index[v] for v in video_ids], dtype=np.int64)
-    with pa.OSFile(str(path / PIXELS_FILE)) as f:
-        reader = pa.ipc.open_file(f)
-        stored, width = reader.num_record_batches, reader.schema.field("pixels").type.list_size
+    stored, width = pixel_file_shape(path / PIXELS_FILE)
     size = int(meta["image_size"])
     if stored != n_v or width != 3 * size * size:
         raise FeaturesError(
             f"{path}/{PIXELS_FILE} holds {stored} videos of {width} values per frame, frames.parquet "
-            f"{n_v} videos at {size} px: rerun the features stage"
+            f"{n_v} videos at {size} px: {RERUN}"
         )
 
     pseudo = pq.read_table(path / "pseudo.parquet", columns=["video_id", "frame", "tokens"])
@@ -533,5 +311,5 @@ def load_features(path: str | Path) -> Features:
         cap_tokens=torch.from_numpy(to_numpy(caps_t.column("tokens")).astype(np.int64)),
         twins=twins,
         path=path,
-        digest=cache_digest(path),
+        digest=digest,
     )
