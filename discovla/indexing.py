@@ -4,7 +4,8 @@
   A video that cannot be sampled is skipped with its :class:`discovla.sampling.VideoError` reason and
   listed in ``skipped.csv``. Re-running on the same ``out`` embeds only files that are new or changed: a
   file is matched by its absolute path, size and modification time (also for skipped files, which are not
-  retried until they change); every result is reused only when the index was made by the same model. The
+  retried until they change, unless the reason was transient: a time-out); every result is reused only
+  when the index was made by the same model. The
   index is also saved every ``save_every`` seconds, so an interrupted run resumes where it stopped.
 - :func:`build_split_index` (the ``index`` stage) and :func:`ensure_split_index` (``discovla search``
   without ``--index``): one split of the feature cache, from its stored pixels (no decoding), with the
@@ -44,6 +45,8 @@ from discovla.retriever import Retriever
 from discovla.sampling import VideoError
 
 SAVE_EVERY_S = 300.0
+# skip reasons (discovla.sampling) that say nothing about the file itself: tried again on the next run
+TRANSIENT_REASONS = frozenset({"ffmpeg timed out"})
 
 
 # ------------------------------------------------------------------------------------------ folders
@@ -174,7 +177,10 @@ def index_folder(
     skipped: dict[str, str] = {
         p: prev_skipped[p][2]
         for p in stats
-        if p not in done and p in prev_skipped and prev_skipped[p][:2] == stats[p]
+        if p not in done
+        and p in prev_skipped
+        and prev_skipped[p][:2] == stats[p]
+        and prev_skipped[p][2] not in TRANSIENT_REASONS
     }
     todo = [p for p in stats if p not in done and p not in skipped]
     removed = sum(1 for p in previous if p not in stats)
@@ -280,6 +286,12 @@ def split_index(
             f"{retriever.backbone.name!r}: rerun the features stage or pass the matching --adapters"
         )
     frames = int(features.pixels.shape[1])
+    if retriever.model is not None and frames != retriever.num_frames:
+        raise VideoIndexError(
+            f"the feature cache {features.path or ''} has {frames} frames per video, the adapters were "
+            f"trained on {retriever.num_frames}: rebuild it with frames.num_frames: {retriever.num_frames} "
+            f"(dvc repro) or pass the adapters trained on it (--adapters)"
+        )
     per_batch = max(1, batch_size // frames)
     emb = [
         retriever.embed_pixels(torch.stack([retriever.check_frames(v) for v in features.pixels[vids[sl]]]))

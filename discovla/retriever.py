@@ -48,6 +48,10 @@ class AdaptersError(DiscoVLAError, ValueError):
     """An adapters directory that is missing or incomplete (message says what to run)."""
 
 
+class FramesError(DiscoVLAError, ValueError):
+    """Frames that the model cannot embed (wrong shape, size or count), with what would fit."""
+
+
 class Hit(NamedTuple):
     """One search result: 1-based rank, video id, cosine similarity, video path ('' when unknown)."""
 
@@ -175,19 +179,24 @@ class Retriever:
         """One video's uint8 frames ``[F, S, S, 3]`` or ``[F, 3, S, S]`` -> ``[F, 3, S, S]``, checked."""
         x = torch.as_tensor(video)
         if x.dtype != torch.uint8 or x.ndim != 4:
-            raise ValueError(
+            raise FramesError(
                 f"a video must be a file path or uint8 frames [F, S, S, 3] / [F, 3, S, S], got "
                 f"{x.dtype} {tuple(x.shape)}"
             )
         if x.shape[1] != 3:
             if x.shape[-1] != 3:
-                raise ValueError(f"no RGB channel axis in frames of shape {tuple(x.shape)}")
+                raise FramesError(f"no RGB channel axis in frames of shape {tuple(x.shape)}")
             x = x.permute(0, 3, 1, 2)
         s = self.image_size
         if tuple(x.shape[-2:]) != (s, s):
-            raise ValueError(f"frames are {tuple(x.shape[-2:])}, the backbone needs {s}x{s}")
+            raise FramesError(
+                f"frames are {x.shape[-2]}x{x.shape[-1]}, the backbone needs {s}x{s} (frames.size: {s})"
+            )
         if self.model is not None and x.shape[0] != self.num_frames:
-            raise ValueError(f"{x.shape[0]} frames per video, the adapters were trained on {self.num_frames}")
+            raise FramesError(
+                f"{x.shape[0]} frames per video, the adapters were trained on {self.num_frames} "
+                f"(frames.num_frames: {self.num_frames}, or adapters trained on {x.shape[0]} frames)"
+            )
         return x.contiguous()
 
     @torch.no_grad()
@@ -208,7 +217,7 @@ class Retriever:
         and ``[F, ...]`` arrays. ``batch_size`` counts frames per forward pass."""
         if isinstance(videos, np.ndarray | torch.Tensor):
             if videos.ndim != 5:
-                raise ValueError(
+                raise FramesError(
                     f"frames must be [N, F, S, S, 3] or [N, F, 3, S, S], got {tuple(videos.shape)}"
                 )
             items: Sequence[VideoInput] = list(videos)

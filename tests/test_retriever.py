@@ -9,6 +9,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,8 @@ from typer.testing import CliRunner
 
 from discovla.artifacts.index import read_index, write_index
 from discovla.cli import app
-from discovla.retriever import Retriever
+from discovla.retriever import FramesError, Retriever
+from discovla.sampling import VideoError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,6 +161,30 @@ def test_index_skips_broken_videos_and_embeds_only_new_ones(
     assert "computed with DiscoVLA" in res.stderr
 
 
+def test_a_timed_out_video_is_tried_again_on_the_next_run(
+    setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("red", "blue"):
+        shutil.copy(setup["clips"] / f"{name}.mp4", clips / f"{name}.mp4")
+    out = tmp_path / "idx"
+    real_sample = Retriever.sample
+
+    def slow_red(self, path):  # noqa: ANN001, ANN202
+        if Path(path).name == "red.mp4":
+            raise VideoError("ffmpeg timed out")
+        return real_sample(self, path)
+
+    monkeypatch.setattr(Retriever, "sample", slow_red)
+    res = _cli("index", clips, "--out", out, "--adapters", setup["adapters"])
+    assert "indexed 1 videos" in res.stdout and "red.mp4: ffmpeg timed out" in res.stdout
+    monkeypatch.setattr(Retriever, "sample", real_sample)
+    res = _cli("index", clips, "--out", out, "--adapters", setup["adapters"])
+    assert "embedded 1 new, reused 1" in res.stdout and "skipped" not in res.stdout
+    assert read_index(out).video_ids == ["blue", "red"] and read_index(out).skipped.empty
+
+
 def test_index_refuses_to_overwrite_a_folder_that_is_not_an_index(setup: dict, tmp_path: Path) -> None:
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("keep me")
@@ -273,6 +299,25 @@ def test_search_without_index_embeds_the_test_split_once(
     assert again.stderr == "" and again.stdout == res.stdout  # reused, not rebuilt
     zs = _cli("search", "a red circle", "--k", "2", "--zeroshot")  # its own default index
     assert "into data/index/test-zeroshot" in zs.stderr and read_index("data/index/test").meta == index.meta
+
+
+def test_search_on_a_cache_of_other_frames_says_so_in_one_line(
+    setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_features(synthetic_features(frames=FRAMES + 2), tmp_path / "data" / "features")
+    shutil.copytree(setup["adapters"], tmp_path / "models" / "discovla")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["search", "a red circle"])
+    assert res.exit_code == 2 and res.exception is not None and not res.stdout
+    assert res.stderr.splitlines() == [
+        f"error: the feature cache data/features has {FRAMES + 2} frames per video, the adapters were "
+        f"trained on {FRAMES}: rebuild it with frames.num_frames: {FRAMES} (dvc repro) or pass the adapters "
+        "trained on it (--adapters)"
+    ]
+    with pytest.raises(FramesError, match=f"{FRAMES + 2} frames per video"):
+        Retriever.load("models/discovla", device="cpu").encode_videos(
+            np.zeros((1, FRAMES + 2, 32, 32, 3), np.uint8)
+        )
 
 
 def test_index_stage_writes_the_default_index(
