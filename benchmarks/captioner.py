@@ -5,7 +5,7 @@
     python benchmarks/captioner.py --device cpu --batch 8 --frames 24 --dtype fp32 --dtype bf16
 
 The model is BLIP-base's architecture (transformers ``BlipConfig()``: ViT-B/16 at 384 px and a BERT-base
-text decoder, 224M parameters) with random weights, built offline (:func:`discovla.captioner.random_blip`);
+text decoder, 224M parameters) with random weights, built offline (:func:`random_blip` below);
 ``--weights auto`` takes the real ``Salesforce/blip-image-captioning-base`` instead when it is on this
 machine (``models/blip-base`` or the Hugging Face cache; nothing is downloaded). Frames are random uint8
 ``--frame-size`` x ``--frame-size`` RGB arrays, captioned one batch per call of ``Captioner.caption``, as
@@ -30,6 +30,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,67 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts
 from train_step import device_name  # noqa: E402
 
-from discovla.captioner import BLIP_BASE, Captioner, CaptionerUnavailable, load_captioner, random_blip
+from discovla.captioner import BLIP_BASE, Captioner, CaptionerUnavailable, load_captioner
 from discovla.runtime import resolve_device
+from discovla.text import CaptionsError
+from discovla.tiny_blip import build_processor
 
 MSRVTT_FRAMES = 120_000  # 10,000 videos x 12 frames
 GOAL_MINUTES = 10.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOCAL_BLIP_BASE = Path("models/blip-base")  # where the captioner's offline message says to put it
 RESULTS = Path(__file__).parent / "results" / "captioner.json"
+
+
+def blip_vocab(text_config: Any) -> list[str]:
+    """A placeholder BERT vocabulary of ``text_config.vocab_size`` entries with BLIP's special tokens where
+    the config expects them: ``[PAD]``, ``[SEP]`` (end) and ``[DEC]`` (bos) at its ids; ``[UNK] [CLS]
+    [MASK]`` at BERT's 100, 101, 103 and ``[ENC]`` after ``[DEC]`` when free; words ``w<id>`` elsewhere."""
+    size = int(text_config.vocab_size)
+    fixed = {
+        int(text_config.pad_token_id): "[PAD]",
+        int(text_config.sep_token_id): "[SEP]",
+        int(text_config.bos_token_id): "[DEC]",
+    }
+    if len(fixed) < 3 or max(fixed) >= size:
+        raise CaptionsError(f"text_config: pad, sep and bos ids {sorted(fixed)} must differ and be < {size}")
+    vocab: list[str | None] = [None] * size
+    for i, tok in fixed.items():
+        vocab[i] = tok
+    wanted = {"[UNK]": 100, "[CLS]": 101, "[MASK]": 103, "[ENC]": int(text_config.bos_token_id) + 1}
+    for tok, i in wanted.items():
+        free = [j for j, v in enumerate(vocab) if v is None]
+        if not free:
+            raise CaptionsError(f"text_config.vocab_size={size} is too small for BLIP's special tokens")
+        vocab[i if i < size and vocab[i] is None else free[0]] = tok
+    return [v if v is not None else f"w{i}" for i, v in enumerate(vocab)]
+
+
+def random_blip(
+    config: Any | None = None,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> Captioner:
+    """A BLIP captioner with random weights: BLIP-base's architecture (``BlipConfig()``: ViT-B/16 at 384 px,
+    BERT-base text decoder) unless ``config`` (a ``BlipConfig``) is given; no download.
+
+    The processor is BLIP's (:func:`discovla.tiny_blip.build_processor`: 384 px BICUBIC, CLIP mean/std at
+    the config's image size) with a BERT tokenizer over :func:`blip_vocab`. Seeded without touching the
+    global RNG. Captions are placeholder words: for measuring speed, not quality.
+    """
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    config = config if config is not None else BlipConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = Path(tmp) / "vocab.txt"
+        vocab_file.write_text("\n".join(blip_vocab(config.text_config)) + "\n")
+        processor = build_processor(vocab_file, int(config.vision_config.image_size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = BlipForConditionalGeneration(config)
+    name = "random BLIP-base" if config.to_dict() == BlipConfig().to_dict() else "random BLIP"
+    return Captioner(net, processor, device, name=name, dtype=dtype)
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:

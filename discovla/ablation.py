@@ -28,19 +28,9 @@ from typing import Any
 from discovla.artifacts.features import Features
 from discovla.config import Params
 from discovla.evaluate import evaluate_model, rounded, validation_monitor, zeroshot
-from discovla.io import write_json, write_text
 from discovla.pipeline import train_config
 
 VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full", "full_detach", "full_mean")
-LABELS = {
-    "zeroshot": "Zero-shot (frozen CLIP, mean of frames)",
-    "lora": "LoRA only",
-    "ivfusion": "+ IVFusion",
-    "pimgalign": "+ PImgAlign",
-    "full": "Full DiscoVLA (+ AlignDistill), beta = 1, reference scaling",
-    "full_detach": "Full DiscoVLA, beta = 1, teacher detached",
-    "full_mean": "Full DiscoVLA, beta = 1, AlignDistill with mean KL",
-}
 # per variant: (TrainConfig overrides, DiscoVLAConfig overrides); alpha = beta = 0 also drops the text-side
 # adapters, which could never receive a gradient (discovla.pipeline.train_config)
 OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -63,10 +53,6 @@ def _overrides(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
         except ValueError:
             pass
     raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)}, or beta=X)")
-
-
-def label(variant: str) -> str:
-    return LABELS.get(variant) or f"Full DiscoVLA, beta = {variant[5:]}"
 
 
 def variant_config(params: Params, variant: str, seed: int, num_frames: int) -> Any:
@@ -199,68 +185,3 @@ def run_ablation(
         "summary": summary,
         "runs": runs,
     }
-
-
-TABLE_COLUMNS = {  # summary key -> column heading of the ablation table
-    "t2v_R@1": "t2v R@1",
-    "t2v_R@5": "t2v R@5",
-    "v2t_R@1": "v2t R@1",
-    "content_twin_acc": "content-twin acc",
-    "order_twin_acc": "order-twin acc",
-    "trainable_parameters": "trained params",
-}
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    """The ablation as a Markdown table: mean ± std over seeds."""
-    summary = result["summary"]
-    keys, heads = list(TABLE_COLUMNS), list(TABLE_COLUMNS.values())
-    lines = ["| Variant | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    for v, m in summary.items():
-        cells = []
-        for k in keys:
-            if k not in m:
-                cells.append("–")
-            elif k == "trainable_parameters":
-                cells.append(f"{m[k]['mean']:,.0f}")
-            elif m[k]["n"] > 1:
-                cells.append(f"{m[k]['mean']:.1f} ± {m[k]['std']:.1f}")
-            else:
-                cells.append(f"{m[k]['mean']:.1f}")
-        lines.append(f"| {label(v)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-DIAGNOSTICS = {
-    "batch_R@1": "train-batch t2v R@1",
-    "val_t2v_R@1": "val t2v R@1",
-    "p_img_diag": "P_img diagonal",
-    "p_video_diag": "P_video diagonal",
-    "p_img_entropy": "P_img entropy (nats)",
-    "video": "L_video",
-    "img": "L_img",
-    "distill": "L_distill",
-}
-
-
-def diagnostics_table(result: dict[str, Any]) -> str:
-    """Per epoch, mean over seeds: the training diagnostics of every trained row (over-fitting? how
-    peaked is the teacher?). The test number of each row is in the main table."""
-    keys = list(DIAGNOSTICS)
-    lines = ["| Variant | epoch | " + " | ".join(DIAGNOSTICS.values()) + " |", "|---" * (len(keys) + 2) + "|"]
-    for v, runs in result["runs"].items():
-        epochs = [r["epochs"] for r in runs if r.get("epochs")]
-        for e in range(min((len(x) for x in epochs), default=0)):
-            cells = []
-            for k in keys:
-                vals = [x[e][k] for x in epochs if k in x[e]]
-                cells.append(f"{statistics.fmean(vals):.3g}" if vals else "–")
-            lines.append(f"| {label(v)} | {e + 1} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_ablation(result: dict[str, Any], json_path: str | Path, md_path: str | Path) -> None:
-    write_json(json_path, result)
-    write_text(
-        md_path, markdown_table(result) + "\nPer epoch (mean over seeds):\n\n" + diagnostics_table(result)
-    )

@@ -5,41 +5,31 @@ local ``save_pretrained`` directory (such as the tiny captioner of :mod:`discovl
 cannot, says in one message what to download or build. :meth:`Captioner.caption` turns images (uint8
 ``[N, H, W, 3]`` arrays or PIL images) into lower-case, single-spaced captions, batched, without gradients,
 in the model's precision (``dtype``: float32 by default, ``torch.bfloat16`` on a GPU for speed).
-:func:`random_blip` builds BLIP-base's architecture (``BlipConfig()``, or any given config) with random
-weights and a processor made offline, for benchmarks (``benchmarks/captioner.py``) and tests.
 
-:func:`make_captions` captions every frame of a frames store (the ``captions`` stage) with one of: a BLIP
-captioner; ``oracle``, the shapes world's ground-truth still caption of the nearest source frame (an upper
-bound); or a ``.json`` file of published pseudo captions. On the shapes world it also scores the captions
-against the generator's ground truth.
+Captioning a frames store (the ``captions`` stage) is :mod:`discovla.captioning`; this module knows no
+artifact and no dataset.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import tempfile
-import time
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from discovla.artifacts.captions import check_one_caption_per_frame, import_pseudo_captions
-from discovla.artifacts.frames import KEYS, count_frames, iter_frame_batches, read_frames_index
 from discovla.batching import batches
-from discovla.data.shapes import caption_agreement, match_frame_truth
 from discovla.errors import DiscoVLAError
 from discovla.runtime import hub_offline, resolve_device
 from discovla.text import CaptionsError, normalize_caption
 
-ORACLE = "oracle"
+ORACLE = "oracle"  # the captions stage's ground-truth captions (discovla.captioning), not a model
 BLIP_BASE = "Salesforce/blip-image-captioning-base"
 
 ImageBatch = Sequence[Image.Image] | np.ndarray
@@ -209,140 +199,3 @@ def load_captioner(
                 "captioning repo id (Salesforce/blip-image-captioning-base) or a local directory"
             ) from exc
     return Captioner(net, processor, device, name=model, dtype=dtype)
-
-
-def blip_vocab(text_config: Any) -> list[str]:
-    """A placeholder BERT vocabulary of ``text_config.vocab_size`` entries with BLIP's special tokens where
-    the config expects them: ``[PAD]``, ``[SEP]`` (end) and ``[DEC]`` (bos) at its ids; ``[UNK] [CLS]
-    [MASK]`` at BERT's 100, 101, 103 and ``[ENC]`` after ``[DEC]`` when free; words ``w<id>`` elsewhere."""
-    size = int(text_config.vocab_size)
-    fixed = {
-        int(text_config.pad_token_id): "[PAD]",
-        int(text_config.sep_token_id): "[SEP]",
-        int(text_config.bos_token_id): "[DEC]",
-    }
-    if len(fixed) < 3 or max(fixed) >= size:
-        raise CaptionsError(f"text_config: pad, sep and bos ids {sorted(fixed)} must differ and be < {size}")
-    vocab: list[str | None] = [None] * size
-    for i, tok in fixed.items():
-        vocab[i] = tok
-    wanted = {"[UNK]": 100, "[CLS]": 101, "[MASK]": 103, "[ENC]": int(text_config.bos_token_id) + 1}
-    for tok, i in wanted.items():
-        free = [j for j, v in enumerate(vocab) if v is None]
-        if not free:
-            raise CaptionsError(f"text_config.vocab_size={size} is too small for BLIP's special tokens")
-        vocab[i if i < size and vocab[i] is None else free[0]] = tok
-    return [v if v is not None else f"w{i}" for i, v in enumerate(vocab)]
-
-
-def random_blip(
-    config: Any | None = None,
-    device: str | torch.device = "auto",
-    dtype: torch.dtype | None = None,
-    seed: int = 0,
-) -> Captioner:
-    """A BLIP captioner with random weights: BLIP-base's architecture (``BlipConfig()``: ViT-B/16 at 384 px,
-    BERT-base text decoder) unless ``config`` (a ``BlipConfig``) is given; no download.
-
-    The processor is BLIP's (:func:`discovla.tiny_blip.build_processor`: 384 px BICUBIC, CLIP mean/std at
-    the config's image size) with a BERT tokenizer over :func:`blip_vocab`. Seeded without touching the
-    global RNG. Captions are placeholder words: for measuring speed, not quality.
-    """
-    from transformers import BlipConfig, BlipForConditionalGeneration
-
-    from discovla.tiny_blip import build_processor  # imports this module: not at the top
-
-    config = config if config is not None else BlipConfig()
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file = Path(tmp) / "vocab.txt"
-        vocab_file.write_text("\n".join(blip_vocab(config.text_config)) + "\n")
-        processor = build_processor(vocab_file, int(config.vision_config.image_size))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = BlipForConditionalGeneration(config)
-    name = "random BLIP-base" if config.to_dict() == BlipConfig().to_dict() else "random BLIP"
-    return Captioner(net, processor, device, name=name, dtype=dtype)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Captioning a frames store (the captions stage)
-
-
-def caption_frames(
-    captioner: Captioner, frames_dir: str | Path, batch_size: int, max_new_tokens: int, num_beams: int
-) -> pd.DataFrame:
-    """One caption per frame row of the frames store: ``video_id, frame, caption``."""
-    parts = []
-    total = count_frames(frames_dir)
-    with tqdm(total=total, desc=f"captions ({captioner.device.type})", unit="frame") as bar:
-        for keys, images in iter_frame_batches(frames_dir, batch_size):
-            keys["caption"] = captioner.caption(images, batch_size, max_new_tokens, num_beams, progress=False)
-            parts.append(keys)
-            bar.update(len(keys))
-    return (
-        pd.concat(parts, ignore_index=True)
-        if parts
-        else pd.DataFrame(columns=["video_id", "frame", "caption"])
-    )
-
-
-def make_captions(
-    model: str,
-    frames_dir: str | Path,
-    *,
-    root: str | Path,
-    batch_size: int = 128,
-    max_new_tokens: int = 24,
-    num_beams: int = 1,
-    dataset: str = "shapes",
-    device: str | torch.device = "auto",
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Caption every frame row of ``frames_dir``; returns the captions and the stage metrics.
-
-    ``model``: hub id or local directory (BLIP), ``oracle`` (shapes world: the ground-truth still caption of
-    the nearest source frame), or a ``.json`` file of published pseudo captions
-    (:func:`import_pseudo_captions`). ``root``: the dataset's directory; on the shapes world the metrics
-    include agreement with ``<root>/frame_truth.parquet``.
-    """
-    start = time.perf_counter()
-    index = read_frames_index(frames_dir)
-    truth = None
-    if dataset == "shapes":
-        truth_path = Path(root) / "frame_truth.parquet"
-        if not truth_path.exists():
-            raise CaptionsError(f"{truth_path} not found (run the shapes stage)")
-        truth = match_frame_truth(index, pd.read_parquet(truth_path))
-    device_type, unfinished, caption_seconds = "cpu", 0, 0.0
-    if model == ORACLE:
-        if truth is None:
-            raise CaptionsError(
-                f"captioner.model: oracle needs the shapes world (data.dataset is {dataset!r})"
-            )
-        captions = index[KEYS].assign(caption=truth.map(normalize_caption).to_numpy())
-    elif model.endswith(".json") and not Path(model).is_dir():
-        if not Path(model).is_file():
-            raise CaptionsError(f"captioner.model: pseudo-caption file {model!r} not found")
-        captions = import_pseudo_captions(model, index)
-    else:
-        captioner = load_captioner(model, device)
-        device_type = captioner.device.type
-        caption_start = time.perf_counter()
-        captions = caption_frames(captioner, frames_dir, batch_size, max_new_tokens, num_beams)
-        caption_seconds, unfinished = time.perf_counter() - caption_start, captioner.unfinished
-    check_one_caption_per_frame(index, captions)
-    captions = index[KEYS].merge(captions, on=KEYS, how="left")
-    seconds = time.perf_counter() - start
-    metrics: dict[str, Any] = {
-        "captioner": model,
-        "device": device_type,
-        "frames": len(captions),
-        "videos": int(captions.video_id.nunique()),
-        "empty_captions": int((captions.caption.str.strip() == "").sum()),
-        "unfinished_captions": unfinished,  # cut at max_new_tokens: raise captioner.max_new_tokens
-        "distinct_captions": int(captions.caption.nunique()),
-        "seconds": round(seconds, 2),  # everything: reading frames, loading the model, captioning
-        "captions_per_s": round(len(captions) / max(caption_seconds or seconds, 1e-9), 1),  # generation only
-    }
-    if truth is not None:
-        metrics["agreement"] = caption_agreement(captions.caption.tolist(), truth.tolist())
-    return captions, metrics

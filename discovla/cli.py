@@ -97,7 +97,8 @@ def ablate(
     """
     from pathlib import Path
 
-    from discovla.ablation import run_ablation, write_ablation
+    from discovla.ablation import run_ablation
+    from discovla.artifacts.ablation import write_ablation
     from discovla.artifacts.features import load_features
     from discovla.backbone import load_backbone
     from discovla.config import load_params_or_exit

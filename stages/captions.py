@@ -13,7 +13,7 @@ import typer
 
 from discovla.artifacts.captions import write_captions
 from discovla.artifacts.metrics import write_metrics
-from discovla.captioner import make_captions
+from discovla.captioning import make_captions
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
 

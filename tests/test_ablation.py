@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from discovla.ablation import diagnostics_table, markdown_table, run_ablation, run_one, variant_config
+from discovla.ablation import run_ablation, run_one, variant_config
+from discovla.artifacts.ablation import diagnostics_table, markdown_table
 from discovla.config import params_from_dict
 
 PARAMS = params_from_dict(

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from discovla.captioner import blip_vocab, random_blip
 from discovla.text import CaptionsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +26,7 @@ def _load_bench():
 
 
 bench = _load_bench()
+blip_vocab, random_blip = bench.blip_vocab, bench.random_blip
 
 
 def small_config():

@@ -23,7 +23,7 @@ from discovla.artifacts.captions import (
     resample_uniform,
     write_captions,
 )
-from discovla.captioner import make_captions
+from discovla.captioning import make_captions
 from discovla.data.shapes import sample_still, still_caption
 from discovla.images import encode_png
 from discovla.text import CaptionsError

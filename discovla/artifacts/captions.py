@@ -3,7 +3,7 @@
 Layout (docs/formats.md): one Parquet file (``data/captions.parquet`` in the pipeline) of ``video_id (str),
 frame (int32), caption (str)``, exactly one row per row of the frames shards, in their order. Written by
 :func:`write_captions`, read by :func:`read_captions` (the stage builds it with
-:func:`discovla.captioner.make_captions`). :func:`export_pseudo_captions` / :func:`import_pseudo_captions`
+:func:`discovla.captioning.make_captions`). :func:`export_pseudo_captions` / :func:`import_pseudo_captions`
 convert to and from the DiscoVLA release form, a JSON object
 ``{"<video_id>": [caption of frame 0, caption of frame 1, ...]}``.
 """

@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from discovla.ablation import DIAGNOSTICS, TABLE_COLUMNS, label
+from discovla.artifacts.ablation import DIAGNOSTICS, TABLE_COLUMNS, label
 from discovla.io import read_json
 from discovla.report.identity import flatten
 from discovla.report.page import Raw, details, note, table
