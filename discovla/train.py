@@ -11,7 +11,10 @@ or image is decoded here. Randomness (batch order, which caption of a video) is 
 uninterrupted run. Checkpoints (safetensors + JSON) are written after every epoch under the
 checkpoint directory, keyed by :func:`run_key`: the full training config, the content of the training
 inputs (the feature cache's bytes), the frozen backbone's weights and the source of every ``discovla``
-module that training and its monitoring import. Any changed byte of those starts a fresh run.
+module that training and its monitoring import. Any changed byte of those starts a fresh run. One process
+trains a key at a time (a lock in its run directory; another waits, then reuses the finished run). Under
+``torchrun`` rank 0 decides where the run resumes and broadcasts that checkpoint's state, so every rank
+resumes the same epoch from the same weights whatever its own checkpoint root holds.
 
 An epoch is, as in the reference code, every (video, caption) pair of the train split once
 (``sampling="pairs"``), or one random caption per video (``sampling="videos"``). Training frames may be
