@@ -11,7 +11,10 @@ or image is decoded here. Randomness (batch order, which caption of a video) is 
 uninterrupted run. Checkpoints (safetensors + JSON) are written after every epoch under the
 checkpoint directory, keyed by :func:`run_key`: the full training config, the content of the training
 inputs (the feature cache's bytes), the frozen backbone's weights and the source of every ``discovla``
-module that training and its monitoring import. Any changed byte of those starts a fresh run.
+module that training and its monitoring import. Any changed byte of those starts a fresh run. One process
+trains a key at a time (a lock in its run directory; another waits, then reuses the finished run). Under
+``torchrun`` rank 0 decides where the run resumes and broadcasts that checkpoint's state, so every rank
+resumes the same epoch from the same weights whatever its own checkpoint root holds.
 
 An epoch is, as in the reference code, every (video, caption) pair of the train split once
 (``sampling="pairs"``), or one random caption per video (``sampling="videos"``). Training frames may be
@@ -34,10 +37,24 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from discovla.artifacts.adapters import latest_checkpoint, load_checkpoint, save_checkpoint
+from discovla.artifacts.adapters import (
+    RunLock,
+    apply_checkpoint,
+    latest_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from discovla.artifacts.features import Features
 from discovla.config import FusionParams, TrainParams
-from discovla.distributed import average_gradients, gather_with_grad, init_distributed
+from discovla.distributed import (
+    Dist,
+    average_gradients,
+    broadcast_json,
+    broadcast_tensors,
+    check_replicas,
+    gather_with_grad,
+    init_distributed,
+)
 from discovla.images import normalise
 from discovla.loader import TrainBatches, make_loader
 from discovla.losses import discovla_loss
@@ -77,6 +94,7 @@ class TrainConfig:
     precision: str = _TRAIN.precision
     workers: int = _TRAIN.workers  # loader worker processes (0: read in the training process)
     activation_checkpointing: bool = _TRAIN.activation_checkpointing  # recompute each block in backward
+    fused: bool | None = None  # AdamW's fused kernel; None: on CUDA only (the CPU keeps the reference path)
     model: DiscoVLAConfig = field(default_factory=DiscoVLAConfig)
 
 
@@ -142,12 +160,10 @@ def train(
     model = DiscoVLA(clip, cfg.model).to(device)
     model.set_activation_checkpointing(cfg.activation_checkpointing)
     params = model.trainable_parameters()
-    fused = device.type == "cuda"  # one kernel for all adapters' updates; the CPU keeps the reference path
+    fused = device.type == "cuda" if cfg.fused is None else cfg.fused  # one kernel for all adapters' updates
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused or None
     )
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-
     train_videos = features.split_videos("train")
     if cfg.batch_size % d.world:
         raise ValueError(f"train.batch_size {cfg.batch_size} must be divisible by WORLD_SIZE {d.world}")
@@ -156,22 +172,121 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"{samples} train samples ({cfg.sampling}) < train.batch_size {cfg.batch_size}")
     schedule = warmup_cosine(opt, cfg.warmup, steps_per_epoch * cfg.epochs)
-    mean, std = features.meta["mean"], features.meta["std"]
-    need_pseudo = cfg.alpha > 0 or cfg.beta > 0
 
     run_dir = Path(ckpt_root) / key
-    record: dict[str, Any] = {"epochs": [], "curve": [], "seconds": 0.0, "checkpoint_key": key}
-    record["resumed_from_epoch"] = 0
-    start_epoch = 0
-    last = latest_checkpoint(run_dir)
-    if last is not None:
-        state = load_checkpoint(last, model, opt)
-        start_epoch, record = state["epoch"], state["record"]
-        record["resumed_from_epoch"] = start_epoch
+    lock = _lock_run(run_dir, d)  # rank 0 holds it; a second process training this key waits, then reuses
+    try:
+        start_epoch, record = _resume(run_dir, model, opt, key, d, cfg.epochs)
         fast_forward(schedule, start_epoch * steps_per_epoch)  # the schedule where the run stopped
-        if d.main:
-            print(f"resuming from {last} (epoch {start_epoch} of {cfg.epochs})")
+        check_replicas(_replica_checksum(model, opt, start_epoch), d, f"resume at epoch {start_epoch}")
+        _train_epochs(
+            model,
+            opt,
+            schedule,
+            features,
+            cfg,
+            d,
+            device,
+            run_dir,
+            record,
+            start_epoch,
+            steps_per_epoch,
+            stop_after_epoch,
+            on_epoch,
+            progress,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+    model.eval()
+    record["trainable_parameters"] = model.num_trainable()
+    record["run_dir"] = str(run_dir)
+    return model, record
 
+
+def _lock_run(run_dir: Path, d: Dist) -> RunLock | None:
+    """Rank 0 takes the run's lock (:class:`RunLock`), saying so if it has to wait; the other ranks wait
+    with it in a broadcast that rank 0 repeats every second, so no collective ever waits long."""
+    lock = RunLock(run_dir) if d.main else None
+    held = lock.acquire(block=False) if lock is not None else False
+    said = False
+    while True:
+        if lock is not None and not held and not said:
+            print(f"waiting for {lock.path}: another process is training this run", flush=True)
+            said = True
+        if d.world == 1:
+            if not held:
+                assert lock is not None
+                lock.acquire(block=True)
+            break
+        if broadcast_json(held, d):
+            break
+        if lock is not None:
+            time.sleep(1.0)
+            held = lock.acquire(block=False)
+    if said:
+        print(f"got {lock.path if lock else run_dir}: reusing what the other process finished", flush=True)
+    return lock
+
+
+def _resume(
+    run_dir: Path, model: DiscoVLA, opt: torch.optim.Optimizer, key: str, d: Dist, epochs: int
+) -> tuple[int, dict[str, Any]]:
+    """Rank 0 picks the latest checkpoint of ``run_dir`` (its own checkpoint root decides) and broadcasts
+    its epoch, record and tensors, so every rank resumes the same epoch from the same state even when the
+    ranks' checkpoint roots differ (nodes without a shared disk). Returns (start epoch, record)."""
+    tensors, state, last = None, None, None
+    if d.main:
+        last = latest_checkpoint(run_dir)
+        if last is not None:
+            tensors, state = read_checkpoint(last)
+    state = broadcast_json(state, d)
+    if state is None:
+        return 0, {"epochs": [], "curve": [], "seconds": 0.0, "checkpoint_key": key, "resumed_from_epoch": 0}
+    tensors = broadcast_tensors(tensors, d)
+    apply_checkpoint(tensors, state, model, opt)
+    record = state["record"]
+    record["resumed_from_epoch"] = state["epoch"]
+    if d.main:
+        print(f"resuming from {last} (epoch {state['epoch']} of {epochs})")
+    return int(state["epoch"]), record
+
+
+def _replica_checksum(model: DiscoVLA, opt: torch.optim.Optimizer, epoch: int) -> torch.Tensor:
+    """The epoch and, per trainable tensor, the sums of its values and of the AdamW moments: equal on every
+    rank exactly when the ranks agree (up to checksum collisions)."""
+    sums = [torch.tensor(float(epoch), dtype=torch.float64)]
+    for p in model.trainable_parameters():
+        sums.append(p.detach().double().sum().cpu())
+        st = opt.state.get(p, {})
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            if k in st:
+                sums.append(st[k].detach().double().sum().cpu())
+    return torch.stack(sums)
+
+
+def _train_epochs(
+    model: DiscoVLA,
+    opt: torch.optim.Optimizer,
+    schedule: Any,
+    features: Features,
+    cfg: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    run_dir: Path,
+    record: dict[str, Any],
+    start_epoch: int,
+    steps_per_epoch: int,
+    stop_after_epoch: int | None,
+    on_epoch: Callable[[int, DiscoVLA], dict[str, float]] | None,
+    progress: bool,
+) -> None:
+    """Epochs ``start_epoch..cfg.epochs`` (or up to ``stop_after_epoch``), a checkpoint after each."""
+    params = model.trainable_parameters()
+    train_videos = features.split_videos("train")
+    mean, std = features.meta["mean"], features.meta["std"]
+    need_pseudo = cfg.alpha > 0 or cfg.beta > 0
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     pin = device.type == "cuda"
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -253,6 +368,8 @@ def train(
             entry.update(on_epoch(epoch + 1, model))
         record["epochs"].append(entry)
         record["seconds"] += seconds
+        # every rank finished this epoch with rank 0's weights and moments before rank 0 checkpoints it
+        check_replicas(_replica_checksum(model, opt, epoch + 1), d, f"end of epoch {epoch + 1}")
         if d.main:
             save_checkpoint(run_dir, model, opt, {"epoch": epoch + 1, "record": record})
             print(
@@ -264,7 +381,3 @@ def train(
             dist.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             break
-    model.eval()
-    record["trainable_parameters"] = model.num_trainable()
-    record["run_dir"] = str(run_dir)
-    return model, record

@@ -3,8 +3,10 @@
 Runs on one device (``python stages/train.py ...``) or distributed (``torchrun --nproc_per_node N
 stages/train.py ...``). A rerun after a crash resumes from the last epoch checkpoint of an identical run
 (same config, input bytes, frozen weights and training code) under ``.work/checkpoints/`` (or
-``$DISCOVLA_CHECKPOINTS``). Reads params ``model``, ``lora``, ``fusion``, ``train`` and
-``evaluate.batch_size`` / ``evaluate.chunk_size`` (per-epoch validation recall, monitoring only).
+``$DISCOVLA_CHECKPOINTS``); under torchrun rank 0's checkpoint decides and is broadcast to every rank, and
+the outputs are written by rank 0 only after every rank has finished. Reads params ``model``, ``lora``,
+``fusion``, ``train`` and ``evaluate.batch_size`` / ``evaluate.chunk_size`` (per-epoch validation recall,
+monitoring only).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from discovla.artifacts.features import load_features
 from discovla.artifacts.metrics import write_metrics, write_train_curve
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
+from discovla.distributed import all_ranks_finished
 from discovla.errors import run_stage
 from discovla.evaluate import validation_monitor
 from discovla.pipeline import train_config, train_summary
@@ -41,6 +44,7 @@ def main(
         cache, params.evaluate.batch_size, params.evaluate.chunk_size, params.train.workers
     )
     model, record = train(backbone.model, cache, cfg, checkpoint_root(), on_epoch=validate)
+    all_ranks_finished()  # rank 0 writes only once every rank has finished: a failed rank leaves no outputs
     if int(os.environ.get("RANK", "0")) != 0:
         return
     about = {

@@ -9,10 +9,11 @@ only: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -65,30 +66,101 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The last complete ``epoch-XXX`` checkpoint of ``run_dir``, or None."""
     done = sorted(p for p in run_dir.glob("epoch-*") if (p / "state.json").exists())
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: DiscoVLA, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors (``adapter.*``, ``opt.exp_avg.*``, ``opt.exp_avg_sq.*``, float32 on the CPU) and the JSON
+    state (``epoch``, ``record``, ``opt_step``) of one checkpoint directory."""
     tensors = load_file(str(path / "state.safetensors"))
     state = json.loads((path / "state.json").read_text())
+    return tensors, state
+
+
+def apply_checkpoint(
+    tensors: dict[str, torch.Tensor], state: dict[str, Any], model: DiscoVLA, opt: torch.optim.Optimizer
+) -> None:
+    """Load checkpoint tensors into ``model``'s adapters and ``opt``, the optimizer through its own
+    ``load_state_dict``: it puts every moment on its parameter's device and dtype and the ``step`` counter
+    where the optimizer's kernel expects it (on the parameter's device for ``fused`` or ``capturable``
+    AdamW, a CPU scalar otherwise), exactly as an optimizer restored from its own ``state_dict``."""
     device = next(iter(model.trainable_parameters())).device
     adapters = {k[len("adapter.") :]: v.to(device) for k, v in tensors.items() if k.startswith("adapter.")}
     model.load_adapter_state_dict(adapters)
-    for name, p in model.named_parameters():
-        if not p.requires_grad or f"opt.exp_avg.{name}" not in tensors:
-            continue
-        opt.state[p] = {
-            "step": torch.tensor(state["opt_step"]),
-            "exp_avg": tensors[f"opt.exp_avg.{name}"].to(p.device, p.dtype),
-            "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"].to(p.device, p.dtype),
-        }
+    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    current = opt.state_dict()  # its param_groups number the parameters in order: 0, 1, ...
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    index = 0
+    for group in opt.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            if f"opt.exp_avg.{name}" in tensors:
+                moments[index] = {
+                    "step": torch.tensor(float(state["opt_step"]), dtype=torch.float32),
+                    "exp_avg": tensors[f"opt.exp_avg.{name}"],
+                    "exp_avg_sq": tensors[f"opt.exp_avg_sq.{name}"],
+                }
+            index += 1
+    opt.load_state_dict({"state": moments, "param_groups": current["param_groups"]})
+
+
+def load_checkpoint(path: Path, model: DiscoVLA, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore ``model``'s adapters and ``opt`` from the checkpoint at ``path``; return its JSON state."""
+    tensors, state = read_checkpoint(path)
+    apply_checkpoint(tensors, state, model, opt)
     return state
 
 
+class RunLock:
+    """An exclusive lock on a run directory (``fcntl.flock`` on ``<run dir>/.lock``), so two processes
+    training the same key (queued experiments with identical params) never write its checkpoints at once:
+    the second waits, then finds the first's finished checkpoints and reuses them. flock works across
+    processes of one host and on a shared POSIX filesystem (NFS emulates it with byte-range locks); the
+    lock is released when the holder closes it or dies."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self._file: IO[bytes] | None = None
+
+    def acquire(self, block: bool = True) -> bool:
+        """Take the lock (waiting for it when ``block``); return whether it is held."""
+        if self._file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "ab")  # noqa: SIM115 (held open while locked)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.close()
+            return False
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def checkpoint_root() -> Path:
-    """Where runs keep their checkpoints: ``$DISCOVLA_CHECKPOINTS`` or ``.work/checkpoints``. One root is
-    shared by the train stage, experiments and the ablation: keys are content hashes (:func:`run_key`), so
-    a finished run is reused only by an identical one. Set an absolute path for ``dvc exp run --queue``,
-    whose runs happen in temporary copies of the repository."""
-    return Path(os.environ.get(CHECKPOINTS_ENV) or DEFAULT_CHECKPOINTS)
+    """Where runs keep their checkpoints: ``$DISCOVLA_CHECKPOINTS`` or ``.work/checkpoints``, a relative
+    path taken against the working directory (the repository root under DVC) and returned absolute. One
+    root is shared by the train stage, experiments and the ablation: keys are content hashes
+    (:func:`discovla.train.run_key`), so a finished run is reused only by an identical one. Set an absolute
+    path for ``dvc exp run --queue``, whose runs happen in temporary copies of the repository. Under
+    ``torchrun`` on several nodes, rank 0's root decides the resume and its state is broadcast, so a root
+    shared by all nodes is recommended (checkpoints survive the loss of node 0) but not required."""
+    return Path(os.environ.get(CHECKPOINTS_ENV) or DEFAULT_CHECKPOINTS).absolute()
