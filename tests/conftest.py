@@ -18,6 +18,7 @@ def synthetic_features(n_train: int = 16, n_test: int = 6, frames: int = 4, size
     from discovla.artifacts.features import Features
 
     rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)  # the same features whatever ran before
     n = n_train + n_test
     ids = [f"v{i:03d}" for i in range(n)]
     split = np.array(["train"] * n_train + ["test"] * n_test)
@@ -39,7 +40,7 @@ def synthetic_features(n_train: int = 16, n_test: int = 6, frames: int = 4, size
             caps.append({"video_id": v, "split": split[i], "caption": f"caption of {v}", "video_index": i})
     captions = pd.DataFrame(caps)
     captions.insert(0, "caption_id", range(len(captions)))
-    emb = torch.nn.functional.normalize(torch.randn(n, frames, dim), dim=-1)
+    emb = torch.nn.functional.normalize(torch.randn(n, frames, dim, generator=gen), dim=-1)
     twins = pd.DataFrame(
         {
             "video_id": [ids[n_train], ids[n_train + 1]],
@@ -64,7 +65,7 @@ def synthetic_features(n_train: int = 16, n_test: int = 6, frames: int = 4, size
         pseudo_emb=emb.clone(),
         captions=captions,
         cap_tokens=tokens((len(captions),)),
-        cap_emb=torch.nn.functional.normalize(torch.randn(len(captions), dim), dim=-1),
+        cap_emb=torch.nn.functional.normalize(torch.randn(len(captions), dim, generator=gen), dim=-1),
         twins=twins,
     )
 
