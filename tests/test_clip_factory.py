@@ -58,6 +58,30 @@ def test_local_safetensors_roundtrip(tiny_backbone, tmp_path) -> None:
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
+def test_loading_a_checkpoint_draws_no_random_weights(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every weight comes from the file: building the model first skips torch.nn.init's initialisers (their
+    draws would be overwritten), and leaves them as they were."""
+    torch.manual_seed(2)
+    source = load_backbone("tiny-clip", None, context_length=16).model
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    calls: list[str] = []
+    for name in clip_factory._INIT_FUNCTIONS:
+        real = getattr(torch.nn.init, name)
+        monkeypatch.setattr(
+            torch.nn.init, name, lambda t, *a, _n=name, _f=real, **k: calls.append(_n) or _f(t, *a, **k)
+        )
+    spies = {name: getattr(torch.nn.init, name) for name in clip_factory._INIT_FUNCTIONS}
+    loaded = load_backbone("tiny-clip", str(path), context_length=16).model
+    assert calls == []  # no initialiser ran
+    assert {name: getattr(torch.nn.init, name) for name in spies} == spies  # and they are back
+    got, want = loaded.state_dict(), source.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert torch.equal(loaded.attn_mask, source.attn_mask)  # non-persistent: computed, not loaded
+    load_backbone("tiny-clip", None, context_length=16)
+    assert "normal_" in calls  # random init still initialises
+
+
 def test_local_pt_state_dict_and_sibling_config(tmp_path) -> None:
     source = load_backbone("tiny-clip", None)
     path = tmp_path / "weights.pt"
