@@ -40,6 +40,18 @@ def doctor() -> None:
     typer.echo(f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}")
 
 
+@app.command()
+@exits_on_error
+def verify(
+    features: str = typer.Argument("data/features", help="Feature cache directory (features stage)."),
+) -> None:
+    """Hash every file of a feature cache against its manifest (loads only check sizes and times)."""
+    from discovla.artifacts.features import cache_digest
+
+    digest = cache_digest(features, verify=True)
+    typer.echo(f"{features}: every file matches its manifest (content digest {digest[:16]})")
+
+
 @app.command("export-captions")
 @exits_on_error
 def export_captions(

@@ -256,3 +256,23 @@ def test_video_pixels_index_like_a_tensor(features, tmp_path: Path) -> None:
         disk[np.ones(len(disk) + 1, bool)]
     with pytest.raises(IndexError):
         disk[[len(disk)]]
+
+
+def test_verify_command_hashes_every_file(features, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from discovla.cli import app
+
+    cache = save_features(features, tmp_path / "c")
+    ok = CliRunner().invoke(app, ["verify", str(cache)])
+    assert ok.exit_code == 0 and f"content digest {cache_digest(cache)[:16]}" in ok.stdout
+    pixels = cache / PIXELS_FILE
+    st = pixels.stat()
+    raw = bytearray(pixels.read_bytes())
+    raw[0] ^= 1
+    pixels.write_bytes(bytes(raw))
+    os.utime(pixels, ns=(st.st_atime_ns, st.st_mtime_ns))  # a load would not notice; verify does
+    bad = CliRunner().invoke(app, ["verify", str(cache)])
+    assert bad.exit_code == 2 and bad.stderr.startswith(
+        f"error: {cache}/{PIXELS_FILE} differs from its manifest"
+    )
