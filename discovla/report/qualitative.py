@@ -2,7 +2,8 @@
 
 Similarities come from :func:`discovla.evaluate.embed_split` (the evaluation's own normalised embeddings)
 and ranks from :func:`discovla.retrieval.retrieval_metrics` (its pessimistic tie rule), so every rank shown
-here is the rank the metrics count. Frames come from the frames store through its reader.
+here is the rank the metrics count. Frames come from the frames store through its reader, which reads
+only the rows of the videos shown (:func:`discovla.artifacts.frames.read_frame_images`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from discovla.artifacts.features import Features, FeaturesError
-from discovla.artifacts.frames import iter_frame_batches, read_frames_index
+from discovla.artifacts.frames import read_frame_images, read_frames_index
 from discovla.evaluate import embed_split, twin_pairs
 from discovla.images import encode_png
 from discovla.report.page import Raw, esc, img, note
@@ -170,11 +171,11 @@ def frame_strips(
         for v, f, t in zip(index.video_id, index.frame, index.timestamp, strict=True)
     }
     wanted = {(v, f) for v, fs in chosen.items() for f in fs}
+    keys, batch = read_frame_images(frames_dir, chosen)  # only the shown videos' rows are read
     images: dict[tuple[str, int], np.ndarray] = {}
-    for keys, batch in iter_frame_batches(frames_dir, 2048):
-        for i, (v, f) in enumerate(zip(keys.video_id, keys.frame, strict=True)):
-            if (v, int(f)) in wanted:
-                images[(v, int(f))] = batch[i]
+    for i, (v, f) in enumerate(zip(keys.video_id, keys.frame, strict=True)):
+        if (v, int(f)) in wanted:
+            images[(v, int(f))] = batch[i]
     out = {}
     for vid, frames in chosen.items():
         tiles = [images[(vid, f)] for f in frames]
