@@ -41,6 +41,7 @@ from typing import Any
 
 import av
 import av.logging
+import av.video.reformatter
 import numpy as np
 
 from discovla.timeline import Plan, SampledVideo, VideoError, choose_frames, plan
@@ -58,11 +59,19 @@ def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, tmp_w), max(size, tmp_h)
 
 
+# One scaler per process: libswscale keeps its context (filter tables: the costly part of scaling a
+# single frame) while the source size and format stay the same.
+_REFORMATTER: Any = None
+
+
 def to_rgb(frame: Any, size: int) -> np.ndarray:
     """A decoded ``av.VideoFrame`` as uint8 ``[size, size, 3]`` RGB: shorter side to ``size`` (bicubic),
     centre crop."""
+    global _REFORMATTER
+    if _REFORMATTER is None:
+        _REFORMATTER = av.video.reformatter.VideoReformatter()
     w, h = scaled_size(frame.width, frame.height, size)
-    img = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+    img = _REFORMATTER.reformat(frame, w, h, "rgb24", interpolation="BICUBIC", threads=1).to_ndarray()
     x, y = round((w - size) / 2), round((h - size) / 2)  # as ffmpeg's crop: ties to even
     return np.ascontiguousarray(img[y : y + size, x : x + size])
 
