@@ -239,3 +239,21 @@ def test_failure_messages_are_the_libraries_words() -> None:
     logs = [(24, "mov", "Format mov detected only with low score of 1, misdetection possible!\n")]
     assert _message(logs, exc) == "Invalid data found when processing input"
     assert _message([*logs, (16, "mov,mp4", "moov atom not found\n")], exc) == "moov atom not found"
+
+
+def test_plan_follows_presentation_order_and_thins_on_real_pts() -> None:
+    """The rule on a timeline given in decoding order: picks are decoding positions, indices presentation
+    positions; of two frames with one pts the later is on display; max_fps keeps real pts."""
+    from fractions import Fraction
+
+    from discovla.timeline import plan, thin
+
+    p = plan([0, 2, 1, 3], [1, 1, 1, 1], 4, Fraction(1, 10))
+    assert p.picks == [0, 2, 1, 3] and p.indices == [0, 1, 2, 3] and p.pts == [0, 1, 2, 3]
+    assert (p.source_frames, p.span) == (4, 4)
+    dup = plan([0, 1, 1, 2], [1, 1, 1, 1], 3, Fraction(1, 10))
+    assert dup.picks == [0, 2, 3] and dup.indices == [0, 2, 3]
+    assert thin(list(range(10)), Fraction(1, 10), 2.5) == [0, 4, 8]
+    thinned = plan(list(range(10)), [1] * 10, 4, Fraction(1, 10), max_fps=2.5)
+    # the rule picks frames 1, 3, 6, 8; the nearest kept (0, 4, 8; ties: the later) are 0, 4, 8 and 8
+    assert thinned.picks == [0, 4, 8, 8] and thinned.indices == [0, 4, 8, 8]
