@@ -216,13 +216,17 @@ def test_filtered_read_equals_the_full_read(dataset_root: Path, tmp_path: Path) 
     out = tmp_path / "frames"
     run(ds.videos, out, tmp_path / "work")
     keys, images = read_frames(out)
+    index = read_frames_index(out)
     for wanted in (["g1"], ["g3", "g0"], ["g2", "nope"], ["g0", "g1", "g2", "g3"]):
         k, im = read_frame_images(out, wanted)
         rows = keys.video_id.isin(wanted).to_numpy()
-        assert k.equals(keys[rows].reset_index(drop=True)), wanted
+        assert k.equals(index[rows].reset_index(drop=True)), wanted
+        assert k[["video_id", "frame"]].equals(keys[rows].reset_index(drop=True)), wanted
         assert np.array_equal(im, images[rows]), wanted
     k, im = read_frame_images(out, ["nope"])
-    assert k.empty and im.shape == (0, SIZE, SIZE, 3)
+    assert (
+        k.empty and list(k.columns) == ["video_id", "frame", "timestamp"] and im.shape == (0, SIZE, SIZE, 3)
+    )
 
 
 def test_filtered_read_does_not_read_other_videos(

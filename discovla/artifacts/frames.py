@@ -5,11 +5,12 @@ Layout (docs/formats.md, format version 2), in a directory replaced atomically:
 - ``shard-00000.parquet``, ...: one row per sampled frame, ``video_id (str), frame (int32, 0..F-1),
   timestamp (float64 seconds, the frame's real pts), image (binary: raw RGB24, size x size x 3 bytes,
   row-major)``; rows in the dataset's video order, then frame; at most ``shard_rows`` rows per shard; ONE
-  ROW GROUP PER VIDEO (a video cut by a shard boundary: one in each shard), with min/max statistics on
-  ``video_id`` (none on ``image``), so a read of some videos prunes every other video's row group
-  unread; zstd at level 1 (raw pixels: encoding costs almost nothing, see ``benchmarks/real_videos.py``).
-  The schema metadata records ``discovla.frames_format`` (``2``) and ``discovla.frame_size``. A store
-  without any frame still has one (empty) shard, so readers always find the schema.
+  ROW GROUP PER VIDEO (a video cut by a shard boundary: one in each shard), so a read of some videos
+  leaves every other video's images unread (statistics on ``video_id``, none on ``image``); zstd at
+  level 1 (raw pixels: encoding costs almost nothing, see ``benchmarks/real_videos.py``; about 0.55-0.6
+  of the raw size on real footage, 1.4-1.5x what PNG took). The schema metadata records
+  ``discovla.frames_format`` (``2``) and ``discovla.frame_size``. A store without any frame still has
+  one (empty) shard, so readers always find the schema.
 - ``videos.csv``: ``video_id, split, source_frames, duration, repeated`` for every sampled video.
 - ``skipped.csv``: ``video_id, path, reason`` for every video that could not be sampled (reasons:
   :mod:`discovla.sampling`).
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from discovla.errors import DiscoVLAError
@@ -148,45 +150,43 @@ def read_frames(frames_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.concat(keys, ignore_index=True), np.concatenate(images)
 
 
-def _row_groups_of(pf: pq.ParquetFile, wanted: set[str]) -> list[int]:
-    """Row groups whose ``video_id`` statistics (min, max) may hold one of ``wanted``; all when a row group
-    has no statistics."""
-    column = pf.schema_arrow.get_field_index("video_id")
-    out = []
-    for g in range(pf.metadata.num_row_groups):
-        stats = pf.metadata.row_group(g).column(column).statistics
-        if stats is None or not stats.has_min_max:
-            out.append(g)
-        elif any(stats.min <= v <= stats.max for v in wanted):
-            out.append(g)
-    return out
+def _row_groups_of(pf: pq.ParquetFile, wanted: pa.Array) -> list[int]:
+    """Row groups holding a row of one of ``wanted`` (from the ``video_id`` column alone: dictionary-encoded
+    strings, a small part of a shard)."""
+    ids = pf.read(columns=["video_id"]).column("video_id")
+    rows = np.flatnonzero(pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False))
+    if not rows.size:
+        return []
+    ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)])
+    return np.unique(np.searchsorted(ends, rows, side="right")).tolist()
 
 
 def read_frame_images(frames_dir: str | Path, video_ids: Iterable[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The rows of ``video_ids`` only: keys (``video_id, frame``) and decoded uint8 ``[N, H, W, 3]`` images,
-    in shard order, exactly as :func:`read_frames` gives them for those videos (absent videos: no rows).
+    """The rows of ``video_ids`` only: ``video_id, frame, timestamp`` and decoded uint8 ``[N, H, W, 3]``
+    images, in shard order; keys and images exactly as :func:`read_frames` gives them for those videos
+    (absent videos: no rows), timestamps as :func:`read_frames_index`.
 
-    Reads only the row groups whose ``video_id`` statistics admit a wanted video (one video per row group
-    in a store of this format) and decodes only the wanted rows: the cost follows the videos asked for,
-    not the store's size."""
-    wanted = {str(v) for v in video_ids}
+    Finds the row groups holding those videos from the ``video_id`` column, reads only them (one video
+    per row group in a store of this format) and decodes only the wanted rows: the images read follow the
+    videos asked for, not the store's size."""
+    wanted = pa.array(sorted({str(v) for v in video_ids}), pa.string())
+    cols = [*KEYS, "timestamp"]
     keys: list[pd.DataFrame] = []
     images: list[np.ndarray] = []
     size = 0
     for shard in frame_shards(frames_dir):
         pf, size = _open_shard(shard)
-        groups = _row_groups_of(pf, wanted) if wanted else []
+        groups = _row_groups_of(pf, wanted) if len(wanted) else []
         if not groups:
             continue
-        table = pf.read_row_groups(groups, columns=[*KEYS, "image"])
-        mask = np.isin(table.column("video_id").to_numpy(zero_copy_only=False), list(wanted))
-        table = table.filter(pa.array(mask))
-        keys.append(table.select(KEYS).to_pandas())
+        table = pf.read_row_groups(groups, columns=[*cols, "image"])
+        table = table.filter(pc.is_in(table.column("video_id"), value_set=wanted))
+        keys.append(table.select(cols).to_pandas())
         images.append(decode_frames(table.column("image"), size))
     if not keys:
-        return pd.DataFrame(
-            {"video_id": pd.Series([], dtype=object), "frame": pd.Series([], dtype="int32")}
-        ), (np.zeros((0, size, size, 3), np.uint8))
+        empty = pa.table({"video_id": pa.array([], pa.string()), "frame": pa.array([], pa.int32())})
+        empty = empty.append_column("timestamp", pa.array([], pa.float64()))
+        return empty.to_pandas(), np.zeros((0, size, size, 3), np.uint8)
     return pd.concat(keys, ignore_index=True), np.concatenate(images)
 
 

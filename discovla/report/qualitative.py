@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from discovla.artifacts.features import Features, FeaturesError
-from discovla.artifacts.frames import read_frame_images, read_frames_index
+from discovla.artifacts.frames import read_frame_images
 from discovla.evaluate import embed_split, twin_pairs
 from discovla.images import encode_png
 from discovla.report.page import Raw, esc, img, note
@@ -157,25 +157,20 @@ def frame_strips(
     """For each of ``video_ids`` found in the frames store: ``per_video`` of its sampled frames, evenly
     spaced, side by side in one PNG (2-pixel gaps), enlarged by a whole factor (nearest neighbour) to at
     least ``min_height`` pixels high. Videos the store lacks are left out."""
-    index = read_frames_index(frames_dir)
-    index = index[index.video_id.isin(video_ids)]
-    if index.empty:
+    keys, batch = read_frame_images(frames_dir, video_ids)  # only the shown videos' rows are read
+    if keys.empty:
         return {}
     chosen: dict[str, list[int]] = {}
-    for vid, grp in index.groupby("video_id", sort=False):
+    for vid, grp in keys.groupby("video_id", sort=False):
         frames = sorted(int(f) for f in grp.frame)
         picks = np.unique(np.linspace(0, len(frames) - 1, max(1, per_video)).round().astype(int))
         chosen[str(vid)] = [frames[i] for i in picks]
     stamps = {
-        (str(v), int(f)): float(t)
-        for v, f, t in zip(index.video_id, index.frame, index.timestamp, strict=True)
+        (str(v), int(f)): float(t) for v, f, t in zip(keys.video_id, keys.frame, keys.timestamp, strict=True)
     }
-    wanted = {(v, f) for v, fs in chosen.items() for f in fs}
-    keys, batch = read_frame_images(frames_dir, chosen)  # only the shown videos' rows are read
-    images: dict[tuple[str, int], np.ndarray] = {}
-    for i, (v, f) in enumerate(zip(keys.video_id, keys.frame, strict=True)):
-        if (v, int(f)) in wanted:
-            images[(v, int(f))] = batch[i]
+    images = {
+        (str(v), int(f)): batch[i] for i, (v, f) in enumerate(zip(keys.video_id, keys.frame, strict=True))
+    }
     out = {}
     for vid, frames in chosen.items():
         tiles = [images[(vid, f)] for f in frames]
