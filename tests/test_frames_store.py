@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +292,16 @@ def test_frame_cells_round_trip_and_old_stores_are_refused(tmp_path: Path) -> No
             FramesStoreError, match="format 1, this code reads format 2.*re-run the frames stage"
         ):
             read(old)
+
+
+def test_the_reader_imports_no_sampling_code() -> None:
+    """Readers of the store (captions, features, training, the report) do not depend on the sampler:
+    editing it cannot change their code closure (or training's checkpoint key)."""
+    code = (
+        "import sys, discovla.artifacts.frames\n"
+        "names = ('discovla.sampling', 'discovla.timeline', 'discovla.ffmpeg', 'discovla.extraction', 'av')\n"
+        "bad = [m for m in names if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == ""
