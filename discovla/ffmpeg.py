@@ -1,7 +1,9 @@
-"""Locate the ffmpeg binary.
+"""Locate the ffmpeg binary, for the code that ENCODES video: the shapes world's clips and the tests'.
 
 Order: ``$DISCOVLA_FFMPEG``, then the binary shipped in the ``imageio-ffmpeg`` wheel (pinned, so encodes
-are identical on every machine), then ``ffmpeg`` on ``PATH``. No ffprobe is needed anywhere.
+are identical on every machine), then ``ffmpeg`` on ``PATH``. No ffprobe is needed anywhere. Decoding
+(:mod:`discovla.sampling`) does not use this binary: it runs FFmpeg's libraries in process through PyAV
+(the ``av`` wheel, which bundles its own).
 """
 
 from __future__ import annotations

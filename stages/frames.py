@@ -1,4 +1,4 @@
-"""Stage ``frames``: sample F frames per video with ffmpeg into the frames store (Parquet shards).
+"""Stage ``frames``: sample F frames per video (PyAV, in process) into the frames store (Parquet shards).
 
 Reads params ``data`` and ``frames`` and the dataset at ``data.root``. Writes the store (shards,
 videos.csv, skipped.csv; see docs/formats.md) and its metrics. Unreadable videos are listed in skipped.csv
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import typer
 
-from discovla.artifacts.frames import extract_frames
 from discovla.artifacts.metrics import write_metrics
 from discovla.config import load_params_or_exit
 from discovla.data import DatasetError, load_dataset
 from discovla.errors import run_stage
+from discovla.extraction import extract_frames
 
 
 def main(

@@ -23,6 +23,7 @@ from discovla.artifacts.captions import (
     resample_uniform,
     write_captions,
 )
+from discovla.artifacts.frames import PARQUET_OPTIONS, encode_frames, frames_schema
 from discovla.captioning import make_captions
 from discovla.data.shapes import sample_still, still_caption
 from discovla.images import encode_png
@@ -47,11 +48,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for v, vid in enumerate(VIDEOS):
         for f, t in enumerate(TIMESTAMPS):
             img, _ = _still(v, f, 32)
-            rows.append({"video_id": vid, "frame": f, "timestamp": t, "image": encode_png(img)})
+            rows.append({"video_id": vid, "frame": f, "timestamp": t, "image": encode_frames(img[None])[0]})
     frames = pd.DataFrame(rows).astype({"frame": "int32"})
     (root / "data/frames").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pandas(frames.iloc[:7]), root / "data/frames/shard-00000.parquet")
-    pq.write_table(pa.Table.from_pandas(frames.iloc[7:]), root / "data/frames/shard-00001.parquet")
+    for name, part in (("shard-00000", frames.iloc[:7]), ("shard-00001", frames.iloc[7:])):
+        table = pa.Table.from_pandas(part, schema=frames_schema(32), preserve_index=False)
+        pq.write_table(table, root / f"data/frames/{name}.parquet", **PARQUET_OPTIONS)
     truth = [
         {"video_id": vid, "source_frame": s, "time": s / FPS, "caption": _still(100 + v, s, 64)[1]}
         for v, vid in enumerate(VIDEOS)

@@ -1,47 +1,40 @@
-"""The frames store (output of the ``frames`` stage): F sampled frames per video as PNG in Parquet shards.
+"""The frames store (output of the ``frames`` stage): its format and its only reader.
 
-Layout (docs/formats.md), in a directory replaced atomically:
+Layout (docs/formats.md, format version 2), in a directory replaced atomically:
 
 - ``shard-00000.parquet``, ...: one row per sampled frame, ``video_id (str), frame (int32, 0..F-1),
-  timestamp (float64 seconds, the frame's real pts), image (binary PNG, size x size RGB)``; rows in the
-  dataset's video order, then frame; at most ``shard_rows`` rows per shard, zstd. A store without any
-  frame still has one (empty) shard, so readers always find the schema.
+  timestamp (float64 seconds, the frame's real pts), image (binary: raw RGB24, size x size x 3 bytes,
+  row-major)``; rows in the dataset's video order, then frame; at most ``shard_rows`` rows per shard; ONE
+  ROW GROUP PER VIDEO (a video cut by a shard boundary: one in each shard), so a read of some videos
+  leaves every other video's images unread (statistics on ``video_id``, none on ``image``); zstd at
+  level 1 (raw pixels: encoding costs almost nothing, see ``benchmarks/real_videos.py``; about 0.55-0.6
+  of the raw size on real footage, 1.4-1.5x what PNG took). The schema metadata records
+  ``discovla.frames_format`` (``2``) and ``discovla.frame_size``. A store without any frame still has
+  one (empty) shard, so readers always find the schema.
 - ``videos.csv``: ``video_id, split, source_frames, duration, repeated`` for every sampled video.
 - ``skipped.csv``: ``video_id, path, reason`` for every video that could not be sampled (reasons:
   :mod:`discovla.sampling`).
 
-:func:`extract_frames` is the store's writer: it runs :func:`discovla.sampling.sample_frames` over a
-dataset's videos in parallel, keeping each finished batch of videos as a resume part in a work directory
-the caller names. This module is also the store's only reader: every consumer (captions, features) goes
-through :func:`read_frames_index`, :func:`iter_frame_batches` or :func:`read_frames`.
+Every consumer (captions, features, the report) reads the store through this module
+(:func:`read_frames_index`, :func:`iter_frame_batches`, :func:`read_frames`, :func:`read_frame_images`),
+which imports none of the sampling machinery: the writer is :mod:`discovla.extraction`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import multiprocessing
-import os
-import shutil
-import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from discovla.errors import DiscoVLAError
-from discovla.images import decode_png, encode_png
-from discovla.io import atomic_dir, write_parquet
-from discovla.sampling import VideoError, sample_frames
 
 KEYS = ["video_id", "frame"]
+FORMAT_VERSION = 2  # 1: PNG images, rows grouped freely
 FRAMES_SCHEMA = pa.schema(
     [
         ("video_id", pa.string()),
@@ -52,12 +45,49 @@ FRAMES_SCHEMA = pa.schema(
 )
 VIDEOS_COLUMNS = ["video_id", "split", "source_frames", "duration", "repeated"]
 SKIPPED_COLUMNS = ["video_id", "path", "reason"]
-# Bump when the sampling or the part-file layout changes, so that stale resume parts are never reused.
-_ALGO_VERSION = 1
+PARQUET_OPTIONS = {
+    "compression": "zstd",
+    "compression_level": 1,
+    "use_dictionary": ["video_id"],
+    "write_statistics": ["video_id", "frame", "timestamp"],
+}
 
 
 class FramesStoreError(DiscoVLAError, ValueError):
     """A frames store that is missing or inconsistent, with what to rerun."""
+
+
+def frames_schema(size: int) -> pa.Schema:
+    """:data:`FRAMES_SCHEMA` with the format version and frame size in its metadata, as every shard has."""
+    return FRAMES_SCHEMA.with_metadata(
+        {b"discovla.frames_format": str(FORMAT_VERSION).encode(), b"discovla.frame_size": str(size).encode()}
+    )
+
+
+def encode_frames(frames: np.ndarray) -> list[bytes]:
+    """The ``image`` cells of uint8 ``[N, size, size, 3]`` RGB frames (raw bytes, row-major)."""
+    if (
+        frames.dtype != np.uint8
+        or frames.ndim != 4
+        or frames.shape[3] != 3
+        or frames.shape[1] != frames.shape[2]
+    ):
+        raise ValueError(f"frames must be uint8 [N, S, S, 3], got {frames.dtype} {list(frames.shape)}")
+    return [np.ascontiguousarray(f).tobytes() for f in frames]
+
+
+def decode_frames(images: pa.Array | pa.ChunkedArray, size: int) -> np.ndarray:
+    """uint8 ``[N, size, size, 3]`` from an ``image`` column; :class:`FramesStoreError` for a cell that is not
+    ``size * size * 3`` bytes."""
+    arr = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
+    n, frame_bytes = len(arr), size * size * 3
+    if n == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32, n + 1, arr.offset * 4)
+    if arr.null_count or np.any(np.diff(offsets) != frame_bytes):
+        raise FramesStoreError(f"frames store: an image is not {size}x{size} RGB ({frame_bytes} bytes)")
+    data = np.frombuffer(arr.buffers()[2], np.uint8, n * frame_bytes, int(offsets[0]))
+    return data.reshape(n, size, size, 3).copy()
 
 
 # --------------------------------------------------------------------------------------------- reader
@@ -71,6 +101,19 @@ def frame_shards(frames_dir: str | Path) -> list[Path]:
     return shards
 
 
+def _open_shard(shard: Path) -> tuple[pq.ParquetFile, int]:
+    """The shard and its frame size; :class:`FramesStoreError` for another format version."""
+    pf = pq.ParquetFile(shard)
+    meta = pf.schema_arrow.metadata or {}
+    version = int(meta.get(b"discovla.frames_format", b"1"))
+    if version != FORMAT_VERSION:
+        raise FramesStoreError(
+            f"{shard}: frames store format {version}, this code reads format {FORMAT_VERSION} "
+            "(raw RGB, one row group per video): re-run the frames stage"
+        )
+    return pf, int(meta[b"discovla.frame_size"])
+
+
 def count_frames(frames_dir: str | Path) -> int:
     """Number of frame rows in the store (from the shards' metadata, no data read)."""
     return sum(pq.ParquetFile(s).metadata.num_rows for s in frame_shards(frames_dir))
@@ -79,8 +122,8 @@ def count_frames(frames_dir: str | Path) -> int:
 def read_frames_index(frames_dir: str | Path) -> pd.DataFrame:
     """``video_id, frame, timestamp`` of every frame row, in shard order (images not read)."""
     cols = [*KEYS, "timestamp"]
-    df = pd.concat([pq.read_table(s, columns=cols).to_pandas() for s in frame_shards(frames_dir)])
-    df = df.reset_index(drop=True)
+    tables = [_open_shard(s)[0].read(columns=cols) for s in frame_shards(frames_dir)]
+    df = pd.concat([t.to_pandas() for t in tables]).reset_index(drop=True)
     df["frame"] = df["frame"].astype("int32")
     if df.duplicated(KEYS).any():
         raise FramesStoreError(f"{frames_dir}: duplicate (video_id, frame) rows in the frames shards")
@@ -91,10 +134,10 @@ def iter_frame_batches(frames_dir: str | Path, batch_rows: int) -> Iterator[tupl
     """Frame keys (``video_id, frame``) and decoded uint8 ``[N, H, W, 3]`` images, ``batch_rows`` at a time,
     in shard order."""
     for shard in frame_shards(frames_dir):
-        pf = pq.ParquetFile(shard)
+        pf, size = _open_shard(shard)
         for batch in pf.iter_batches(batch_size=batch_rows, columns=[*KEYS, "image"]):
             keys = pa.Table.from_batches([batch]).select(KEYS).to_pandas()
-            yield keys, np.stack([decode_png(b) for b in batch.column("image").to_pylist()])
+            yield keys, decode_frames(batch.column("image"), size)
 
 
 def read_frames(frames_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -107,239 +150,49 @@ def read_frames(frames_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.concat(keys, ignore_index=True), np.concatenate(images)
 
 
+def _row_groups_of(pf: pq.ParquetFile, wanted: pa.Array) -> list[int]:
+    """Row groups holding a row of one of ``wanted`` (from the ``video_id`` column alone: dictionary-encoded
+    strings, a small part of a shard)."""
+    ids = pf.read(columns=["video_id"]).column("video_id")
+    rows = np.flatnonzero(pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False))
+    if not rows.size:
+        return []
+    ends = np.cumsum([pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)])
+    return np.unique(np.searchsorted(ends, rows, side="right")).tolist()
+
+
+def read_frame_images(frames_dir: str | Path, video_ids: Iterable[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of ``video_ids`` only: ``video_id, frame, timestamp`` and decoded uint8 ``[N, H, W, 3]``
+    images, in shard order; keys and images exactly as :func:`read_frames` gives them for those videos
+    (absent videos: no rows), timestamps as :func:`read_frames_index`.
+
+    Finds the row groups holding those videos from the ``video_id`` column, reads only them (one video
+    per row group in a store of this format) and decodes only the wanted rows: the images read follow the
+    videos asked for, not the store's size."""
+    wanted = pa.array(sorted({str(v) for v in video_ids}), pa.string())
+    cols = [*KEYS, "timestamp"]
+    keys: list[pd.DataFrame] = []
+    images: list[np.ndarray] = []
+    size = 0
+    for shard in frame_shards(frames_dir):
+        pf, size = _open_shard(shard)
+        groups = _row_groups_of(pf, wanted) if len(wanted) else []
+        if not groups:
+            continue
+        table = pf.read_row_groups(groups, columns=[*cols, "image"])
+        table = table.filter(pc.is_in(table.column("video_id"), value_set=wanted))
+        keys.append(table.select(cols).to_pandas())
+        images.append(decode_frames(table.column("image"), size))
+    if not keys:
+        empty = pa.table({"video_id": pa.array([], pa.string()), "frame": pa.array([], pa.int32())})
+        empty = empty.append_column("timestamp", pa.array([], pa.float64()))
+        return empty.to_pandas(), np.zeros((0, size, size, 3), np.uint8)
+    return pd.concat(keys, ignore_index=True), np.concatenate(images)
+
+
 def read_videos(frames_dir: str | Path) -> pd.DataFrame:
     """``videos.csv``: one row per sampled video (video_id, split, source_frames, duration, repeated)."""
     path = Path(frames_dir) / "videos.csv"
     if not path.exists():
         raise FramesStoreError(f"{path} not found (run the frames stage first)")
     return pd.read_csv(path, dtype={"video_id": str})
-
-
-# --------------------------------------------------------------------------------------------- writer
-
-
-@dataclass(frozen=True)
-class _Task:
-    video_id: str
-    path: str
-    num_frames: int
-    size: int
-    max_fps: float | None
-    timeout: float
-
-
-def _process(task: _Task) -> dict[str, Any]:
-    """Worker: sample one video and PNG-encode its frames, or report why it was skipped."""
-    try:
-        s = sample_frames(task.path, task.num_frames, task.size, max_fps=task.max_fps, timeout=task.timeout)
-    except VideoError as exc:
-        return {"video_id": task.video_id, "reason": exc.reason}
-    return {
-        "video_id": task.video_id,
-        "images": [encode_png(f) for f in s.frames],
-        "timestamps": s.timestamps.tolist(),
-        "source_frames": s.source_frames,
-        "duration": s.duration,
-        "repeated": s.repeated,
-    }
-
-
-def _work_key(videos: pd.DataFrame, num_frames: int, size: int, max_fps: float | None, batch: int) -> str:
-    """Hash of everything a part file depends on: the video list (with file size and mtime), the params."""
-    items = []
-    for vid, path in zip(videos.video_id, videos.path, strict=True):
-        try:
-            st = os.stat(path)
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stamp = None
-        items.append([vid, path, stamp])
-    blob = json.dumps([_ALGO_VERSION, num_frames, size, max_fps, batch, items]).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _write_part(
-    path: Path, results: list[dict[str, Any]], splits: dict[str, str], paths: dict[str, str]
-) -> None:
-    """One resume part: the frames rows of a batch, with its videos/skipped rows in the schema metadata."""
-    cols: dict[str, list[Any]] = {name: [] for name in FRAMES_SCHEMA.names}
-    videos, skipped = [], []
-    for r in results:
-        vid = r["video_id"]
-        if "reason" in r:
-            skipped.append([vid, paths[vid], r["reason"]])
-            continue
-        videos.append([vid, splits[vid], r["source_frames"], r["duration"], r["repeated"]])
-        for i, (ts, img) in enumerate(zip(r["timestamps"], r["images"], strict=True)):
-            cols["video_id"].append(vid)
-            cols["frame"].append(i)
-            cols["timestamp"].append(ts)
-            cols["image"].append(img)
-    meta = {b"discovla.videos": json.dumps(videos), b"discovla.skipped": json.dumps(skipped)}
-    table = pa.table(cols, schema=FRAMES_SCHEMA.with_metadata(meta))
-    write_parquet(path, table)
-
-
-def _read_part_meta(path: Path) -> tuple[list[list[Any]], list[list[Any]]]:
-    meta = pq.read_schema(path).metadata
-    return json.loads(meta[b"discovla.videos"]), json.loads(meta[b"discovla.skipped"])
-
-
-class _ShardWriter:
-    """Writes rows into ``shard-00000.parquet``, ... of at most ``shard_rows`` rows each (zstd)."""
-
-    def __init__(self, out_dir: Path, shard_rows: int) -> None:
-        self.out_dir, self.shard_rows = out_dir, shard_rows
-        self.shards = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._rows = 0
-
-    def _open(self) -> None:
-        name = self.out_dir / f"shard-{self.shards:05d}.parquet"
-        self._writer = pq.ParquetWriter(name, FRAMES_SCHEMA, compression="zstd")
-        self.shards += 1
-        self._rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        table = table.replace_schema_metadata(None)
-        offset = 0
-        while offset < table.num_rows:
-            if self._writer is None or self._rows >= self.shard_rows:
-                self.close()
-                self._open()
-            n = min(self.shard_rows - self._rows, table.num_rows - offset)
-            self._writer.write_table(table.slice(offset, n))
-            self._rows += n
-            offset += n
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def finish(self) -> int:
-        if self.shards == 0:  # no frames at all: one empty shard, so readers always find the schema
-            self._open()
-        self.close()
-        return self.shards
-
-
-def _pending_results(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[dict[str, Any]]:
-    """Results in task order; parallel over ``workers`` processes (inline when workers == 1)."""
-    if workers == 1 or len(tasks) <= 1:
-        for t in tasks:
-            r = _process(t)
-            bar.update(1)
-            yield r
-        return
-    chunk = max(1, min(8, len(tasks) // (workers * 4)))
-    with multiprocessing.Pool(workers) as pool:
-        for r in pool.imap(_process, tasks, chunksize=chunk):
-            bar.update(1)
-            yield r
-
-
-def _check_videos(videos: pd.DataFrame) -> pd.DataFrame:
-    missing = {"video_id", "path", "split"} - set(videos.columns)
-    if missing:
-        raise ValueError(f"videos table is missing column(s) {', '.join(sorted(missing))}")
-    videos = videos.reset_index(drop=True).astype({"video_id": str, "path": str, "split": str})
-    dup = videos.video_id[videos.video_id.duplicated()]
-    if len(dup):
-        raise ValueError(f"video_id {dup.iloc[0]!r} appears twice in the videos table")
-    return videos
-
-
-def extract_frames(
-    videos: pd.DataFrame,
-    out_dir: str | Path,
-    num_frames: int,
-    size: int,
-    workers: int = 1,
-    shard_rows: int = 50000,
-    *,
-    work_dir: str | Path,
-    batch_videos: int = 64,
-    max_fps: float | None = None,
-    timeout: float = 600.0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Sample every video of ``videos`` (columns video_id, path, split) and write ``out_dir``.
-
-    Output (docs/formats.md): ``shard-XXXXX.parquet`` (video_id, frame, timestamp, image PNG; rows in the
-    table's video order, then frame), ``videos.csv`` and ``skipped.csv``. ``out_dir`` is replaced
-    atomically. Videos are processed in batches of ``batch_videos``; each finished batch is kept as
-    ``work_dir/<key>/part-XXXXX.parquet`` (key: hash of the video list, file sizes/mtimes and params), so a
-    rerun after a crash decodes only the missing batches; that directory is removed after success.
-    ``work_dir`` is the caller's (the stage passes ``.work/frames``): this module knows no pipeline paths.
-
-    Returns metrics: videos, done, skipped, skipped_by_reason (keyed by the reason's category, the text
-    before ':'), repeated, frames, shards, resumed (videos taken from earlier parts), seconds, and
-    videos_per_s / frames_per_s: videos decoded (skipped included) and frames written in
-    this run (resumed parts excluded) over the run's wall-clock seconds.
-    """
-    if min(num_frames, size, workers, shard_rows, batch_videos) < 1:
-        raise ValueError("num_frames, size, workers, shard_rows and batch_videos must all be >= 1")
-    t0 = time.perf_counter()
-    videos = _check_videos(videos)
-    splits = dict(zip(videos.video_id, videos.split, strict=True))
-    paths = dict(zip(videos.video_id, videos.path, strict=True))
-    parts_dir = Path(work_dir) / _work_key(videos, num_frames, size, max_fps, batch_videos)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-
-    batches = [videos.iloc[i : i + batch_videos] for i in range(0, len(videos), batch_videos)]
-    part_paths = [parts_dir / f"part-{b:05d}.parquet" for b in range(len(batches))]
-    todo = [b for b, p in enumerate(part_paths) if not p.exists()]
-    resumed = len(videos) - sum(len(batches[b]) for b in todo)
-    tasks = [
-        _Task(vid, path, num_frames, size, max_fps, timeout)
-        for b in todo
-        for vid, path in zip(batches[b].video_id, batches[b].path, strict=True)
-    ]
-    new_frames = 0
-    with tqdm(total=len(videos), initial=resumed, desc="frames", unit="video", disable=not progress) as bar:
-        results = _pending_results(tasks, workers, bar)
-        try:
-            for b in todo:
-                batch = [next(results) for _ in range(len(batches[b]))]
-                new_frames += sum(len(r.get("images", ())) for r in batch)
-                _write_part(part_paths[b], batch, splits, paths)
-        finally:
-            results.close()  # stops the worker pool, also on error
-
-    video_rows: list[list[Any]] = []
-    skipped_rows: list[list[Any]] = []
-    with atomic_dir(out_dir) as tmp:
-        shards = _ShardWriter(tmp, shard_rows)
-        frames_written = 0
-        for p in part_paths:
-            v, s = _read_part_meta(p)
-            video_rows += v
-            skipped_rows += s
-            table = pq.read_table(p)
-            frames_written += table.num_rows
-            shards.write(table)
-        n_shards = shards.finish()
-        pd.DataFrame(video_rows, columns=VIDEOS_COLUMNS).to_csv(tmp / "videos.csv", index=False)
-        pd.DataFrame(skipped_rows, columns=SKIPPED_COLUMNS).to_csv(tmp / "skipped.csv", index=False)
-    shutil.rmtree(parts_dir)
-    try:
-        Path(work_dir).rmdir()  # only if no other (stale) work is left in it
-    except OSError:
-        pass
-
-    seconds = time.perf_counter() - t0
-    by_reason = Counter(r[2].split(":", 1)[0] for r in skipped_rows)
-    return {
-        "videos": len(videos),
-        "done": len(video_rows),
-        "skipped": len(skipped_rows),
-        "skipped_by_reason": dict(sorted(by_reason.items())),
-        "repeated": sum(bool(r[4]) for r in video_rows),
-        "frames": frames_written,
-        "shards": n_shards,
-        "resumed": resumed,
-        "seconds": round(seconds, 3),
-        "videos_per_s": round(len(tasks) / seconds, 3),
-        "frames_per_s": round(new_frames / seconds, 3),
-    }

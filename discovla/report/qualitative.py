@@ -2,7 +2,8 @@
 
 Similarities come from :func:`discovla.evaluate.embed_split` (the evaluation's own normalised embeddings)
 and ranks from :func:`discovla.retrieval.retrieval_metrics` (its pessimistic tie rule), so every rank shown
-here is the rank the metrics count. Frames come from the frames store through its reader.
+here is the rank the metrics count. Frames come from the frames store through its reader, which reads
+only the rows of the videos shown (:func:`discovla.artifacts.frames.read_frame_images`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from discovla.artifacts.features import Features, FeaturesError
-from discovla.artifacts.frames import iter_frame_batches, read_frames_index
+from discovla.artifacts.frames import read_frame_images
 from discovla.evaluate import embed_split, twin_pairs
 from discovla.images import encode_png
 from discovla.report.page import Raw, esc, img, note
@@ -156,25 +157,20 @@ def frame_strips(
     """For each of ``video_ids`` found in the frames store: ``per_video`` of its sampled frames, evenly
     spaced, side by side in one PNG (2-pixel gaps), enlarged by a whole factor (nearest neighbour) to at
     least ``min_height`` pixels high. Videos the store lacks are left out."""
-    index = read_frames_index(frames_dir)
-    index = index[index.video_id.isin(video_ids)]
-    if index.empty:
+    keys, batch = read_frame_images(frames_dir, video_ids)  # only the shown videos' rows are read
+    if keys.empty:
         return {}
     chosen: dict[str, list[int]] = {}
-    for vid, grp in index.groupby("video_id", sort=False):
+    for vid, grp in keys.groupby("video_id", sort=False):
         frames = sorted(int(f) for f in grp.frame)
         picks = np.unique(np.linspace(0, len(frames) - 1, max(1, per_video)).round().astype(int))
         chosen[str(vid)] = [frames[i] for i in picks]
     stamps = {
-        (str(v), int(f)): float(t)
-        for v, f, t in zip(index.video_id, index.frame, index.timestamp, strict=True)
+        (str(v), int(f)): float(t) for v, f, t in zip(keys.video_id, keys.frame, keys.timestamp, strict=True)
     }
-    wanted = {(v, f) for v, fs in chosen.items() for f in fs}
-    images: dict[tuple[str, int], np.ndarray] = {}
-    for keys, batch in iter_frame_batches(frames_dir, 2048):
-        for i, (v, f) in enumerate(zip(keys.video_id, keys.frame, strict=True)):
-            if (v, int(f)) in wanted:
-                images[(v, int(f))] = batch[i]
+    images = {
+        (str(v), int(f)): batch[i] for i, (v, f) in enumerate(zip(keys.video_id, keys.frame, strict=True))
+    }
     out = {}
     for vid, frames in chosen.items():
         tiles = [images[(vid, f)] for f in frames]

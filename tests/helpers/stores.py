@@ -9,8 +9,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from discovla.artifacts.frames import FRAMES_SCHEMA, SKIPPED_COLUMNS, VIDEOS_COLUMNS
-from discovla.images import encode_png
+from discovla.artifacts.frames import (
+    FRAMES_SCHEMA,
+    PARQUET_OPTIONS,
+    SKIPPED_COLUMNS,
+    VIDEOS_COLUMNS,
+    encode_frames,
+    frames_schema,
+)
 
 
 def write_frames_store(out: Path, ids: list[str], splits: list[str], frames: int, size: int) -> None:
@@ -26,9 +32,10 @@ def write_frames_store(out: Path, ids: list[str], splits: list[str], frames: int
             cols["video_id"].append(vid)
             cols["frame"].append(f)
             cols["timestamp"].append(0.25 * f)
-            cols["image"].append(encode_png(im))
+            cols["image"] += encode_frames(im[None])
     out.mkdir(parents=True)
-    pq.write_table(pa.table(cols, schema=FRAMES_SCHEMA), out / "shard-00000.parquet")
+    table = pa.table(cols, schema=frames_schema(size))
+    pq.write_table(table, out / "shard-00000.parquet", row_group_size=frames, **PARQUET_OPTIONS)
     videos = pd.DataFrame([[v, s, 20, 2.0, False] for v, s in zip(ids, splits, strict=True)])
     videos.columns = VIDEOS_COLUMNS
     videos.to_csv(out / "videos.csv", index=False)

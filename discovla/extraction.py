@@ -1,0 +1,278 @@
+"""The frames store's writer: :func:`extract_frames` samples a dataset's videos into the frames store.
+
+It runs :func:`discovla.sampling.sample_frames` over the videos in parallel worker processes, keeping each
+finished batch of videos as a resume part in a work directory the caller names, then writes the store in
+the format :mod:`discovla.artifacts.frames` defines and reads (docs/formats.md). Readers never import this
+module, so nothing that only reads frames depends on the sampler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from discovla.artifacts.frames import (
+    FORMAT_VERSION,
+    FRAMES_SCHEMA,
+    PARQUET_OPTIONS,
+    SKIPPED_COLUMNS,
+    VIDEOS_COLUMNS,
+    encode_frames,
+    frames_schema,
+)
+from discovla.io import atomic_dir, write_parquet
+from discovla.sampling import VideoError, sample_frames
+
+# Bump when the sampling or the part-file layout changes, so that stale resume parts are never reused.
+# 2: in-process decoding (PyAV) and the raw RGB store of format 2.
+_ALGO_VERSION = 2
+
+
+@dataclass(frozen=True)
+class _Task:
+    video_id: str
+    path: str
+    num_frames: int
+    size: int
+    max_fps: float | None
+    timeout: float
+
+
+def _process(task: _Task) -> dict[str, Any]:
+    """Worker: sample one video and encode its frames as store cells, or report why it was skipped."""
+    try:
+        s = sample_frames(task.path, task.num_frames, task.size, max_fps=task.max_fps, timeout=task.timeout)
+    except VideoError as exc:
+        return {"video_id": task.video_id, "reason": exc.reason}
+    return {
+        "video_id": task.video_id,
+        "images": encode_frames(s.frames),
+        "timestamps": s.timestamps.tolist(),
+        "source_frames": s.source_frames,
+        "duration": s.duration,
+        "repeated": s.repeated,
+    }
+
+
+def _work_key(videos: pd.DataFrame, num_frames: int, size: int, max_fps: float | None, batch: int) -> str:
+    """Hash of everything a part file depends on: the video list (with file size and mtime), the params."""
+    items = []
+    for vid, path in zip(videos.video_id, videos.path, strict=True):
+        try:
+            st = os.stat(path)
+            stamp = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stamp = None
+        items.append([vid, path, stamp])
+    blob = json.dumps([_ALGO_VERSION, FORMAT_VERSION, num_frames, size, max_fps, batch, items]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _write_part(
+    path: Path, results: list[dict[str, Any]], splits: dict[str, str], paths: dict[str, str]
+) -> None:
+    """One resume part: the frames rows of a batch, with its videos/skipped rows in the schema metadata."""
+    cols: dict[str, list[Any]] = {name: [] for name in FRAMES_SCHEMA.names}
+    videos, skipped = [], []
+    for r in results:
+        vid = r["video_id"]
+        if "reason" in r:
+            skipped.append([vid, paths[vid], r["reason"]])
+            continue
+        videos.append([vid, splits[vid], r["source_frames"], r["duration"], r["repeated"]])
+        for i, (ts, img) in enumerate(zip(r["timestamps"], r["images"], strict=True)):
+            cols["video_id"].append(vid)
+            cols["frame"].append(i)
+            cols["timestamp"].append(ts)
+            cols["image"].append(img)
+    meta = {b"discovla.videos": json.dumps(videos), b"discovla.skipped": json.dumps(skipped)}
+    table = pa.table(cols, schema=FRAMES_SCHEMA.with_metadata(meta))
+    write_parquet(path, table, **PARQUET_OPTIONS)
+
+
+def _read_part_meta(path: Path) -> tuple[list[list[Any]], list[list[Any]]]:
+    meta = pq.read_schema(path).metadata
+    return json.loads(meta[b"discovla.videos"]), json.loads(meta[b"discovla.skipped"])
+
+
+class _ShardWriter:
+    """Writes rows into ``shard-00000.parquet``, ... of at most ``shard_rows`` rows each, one row group per
+    video (and shard), in the store's format."""
+
+    def __init__(self, out_dir: Path, shard_rows: int, size: int) -> None:
+        self.out_dir, self.shard_rows = out_dir, shard_rows
+        self.schema = frames_schema(size)
+        self.shards = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._rows = 0
+
+    def _open(self) -> None:
+        name = self.out_dir / f"shard-{self.shards:05d}.parquet"
+        self._writer = pq.ParquetWriter(name, self.schema, **PARQUET_OPTIONS)
+        self.shards += 1
+        self._rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table``'s rows (grouped by video, as a part holds them)."""
+        table = table.replace_schema_metadata(None)
+        ids = table.column("video_id").to_numpy(zero_copy_only=False)
+        starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+        for a, b in zip(starts[:-1], starts[1:], strict=False):  # one video's rows: its own row group
+            offset = a
+            while offset < b:
+                if self._writer is None or self._rows >= self.shard_rows:
+                    self.close()
+                    self._open()
+                assert self._writer is not None
+                n = min(self.shard_rows - self._rows, b - offset)
+                self._writer.write_table(table.slice(offset, n), row_group_size=n)
+                self._rows += n
+                offset += n
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> int:
+        if self.shards == 0:  # no frames at all: one empty shard, so readers always find the schema
+            self._open()
+        self.close()
+        return self.shards
+
+
+def _pending_results(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[dict[str, Any]]:
+    """Results in task order; parallel over ``workers`` processes (inline when workers == 1)."""
+    if workers == 1 or len(tasks) <= 1:
+        for t in tasks:
+            r = _process(t)
+            bar.update(1)
+            yield r
+        return
+    chunk = max(1, min(8, len(tasks) // (workers * 4)))
+    with multiprocessing.Pool(workers) as pool:
+        for r in pool.imap(_process, tasks, chunksize=chunk):
+            bar.update(1)
+            yield r
+
+
+def _check_videos(videos: pd.DataFrame) -> pd.DataFrame:
+    missing = {"video_id", "path", "split"} - set(videos.columns)
+    if missing:
+        raise ValueError(f"videos table is missing column(s) {', '.join(sorted(missing))}")
+    videos = videos.reset_index(drop=True).astype({"video_id": str, "path": str, "split": str})
+    dup = videos.video_id[videos.video_id.duplicated()]
+    if len(dup):
+        raise ValueError(f"video_id {dup.iloc[0]!r} appears twice in the videos table")
+    return videos
+
+
+def extract_frames(
+    videos: pd.DataFrame,
+    out_dir: str | Path,
+    num_frames: int,
+    size: int,
+    workers: int = 1,
+    shard_rows: int = 50000,
+    *,
+    work_dir: str | Path,
+    batch_videos: int = 64,
+    max_fps: float | None = None,
+    timeout: float = 600.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Sample every video of ``videos`` (columns video_id, path, split) and write ``out_dir``.
+
+    Output (docs/formats.md): ``shard-XXXXX.parquet`` (video_id, frame, timestamp, image as raw RGB; rows in
+    the table's video order, then frame, one row group per video), ``videos.csv`` and ``skipped.csv``.
+    ``out_dir`` is replaced atomically. Videos are processed in batches of ``batch_videos``; each finished
+    batch is kept as ``work_dir/<key>/part-XXXXX.parquet`` (key: hash of the video list, file sizes/mtimes,
+    params and versions), so a rerun after a crash decodes only the missing batches; that directory is
+    removed after success.
+    ``work_dir`` is the caller's (the stage passes ``.work/frames``): this module knows no pipeline paths.
+
+    Returns metrics: videos, done, skipped, skipped_by_reason (keyed by the reason's category, the text
+    before ':'), repeated, frames, shards, resumed (videos taken from earlier parts), seconds, and
+    videos_per_s / frames_per_s: videos decoded (skipped included) and frames written in
+    this run (resumed parts excluded) over the run's wall-clock seconds.
+    """
+    if min(num_frames, size, workers, shard_rows, batch_videos) < 1:
+        raise ValueError("num_frames, size, workers, shard_rows and batch_videos must all be >= 1")
+    t0 = time.perf_counter()
+    videos = _check_videos(videos)
+    splits = dict(zip(videos.video_id, videos.split, strict=True))
+    paths = dict(zip(videos.video_id, videos.path, strict=True))
+    parts_dir = Path(work_dir) / _work_key(videos, num_frames, size, max_fps, batch_videos)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+
+    batches = [videos.iloc[i : i + batch_videos] for i in range(0, len(videos), batch_videos)]
+    part_paths = [parts_dir / f"part-{b:05d}.parquet" for b in range(len(batches))]
+    todo = [b for b, p in enumerate(part_paths) if not p.exists()]
+    resumed = len(videos) - sum(len(batches[b]) for b in todo)
+    tasks = [
+        _Task(vid, path, num_frames, size, max_fps, timeout)
+        for b in todo
+        for vid, path in zip(batches[b].video_id, batches[b].path, strict=True)
+    ]
+    new_frames = 0
+    with tqdm(total=len(videos), initial=resumed, desc="frames", unit="video", disable=not progress) as bar:
+        results = _pending_results(tasks, workers, bar)
+        try:
+            for b in todo:
+                batch = [next(results) for _ in range(len(batches[b]))]
+                new_frames += sum(len(r.get("images", ())) for r in batch)
+                _write_part(part_paths[b], batch, splits, paths)
+        finally:
+            results.close()  # stops the worker pool, also on error
+
+    video_rows: list[list[Any]] = []
+    skipped_rows: list[list[Any]] = []
+    with atomic_dir(out_dir) as tmp:
+        shards = _ShardWriter(tmp, shard_rows, size)
+        frames_written = 0
+        for p in part_paths:
+            v, s = _read_part_meta(p)
+            video_rows += v
+            skipped_rows += s
+            table = pq.read_table(p)
+            frames_written += table.num_rows
+            shards.write(table)
+        n_shards = shards.finish()
+        pd.DataFrame(video_rows, columns=VIDEOS_COLUMNS).to_csv(tmp / "videos.csv", index=False)
+        pd.DataFrame(skipped_rows, columns=SKIPPED_COLUMNS).to_csv(tmp / "skipped.csv", index=False)
+    shutil.rmtree(parts_dir)
+    try:
+        Path(work_dir).rmdir()  # only if no other (stale) work is left in it
+    except OSError:
+        pass
+
+    seconds = time.perf_counter() - t0
+    by_reason = Counter(r[2].split(":", 1)[0] for r in skipped_rows)
+    return {
+        "videos": len(videos),
+        "done": len(video_rows),
+        "skipped": len(skipped_rows),
+        "skipped_by_reason": dict(sorted(by_reason.items())),
+        "repeated": sum(bool(r[4]) for r in video_rows),
+        "frames": frames_written,
+        "shards": n_shards,
+        "resumed": resumed,
+        "seconds": round(seconds, 3),
+        "videos_per_s": round(len(tasks) / seconds, 3),
+        "frames_per_s": round(new_frames / seconds, 3),
+    }
