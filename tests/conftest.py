@@ -70,6 +70,24 @@ def synthetic_features(n_train: int = 16, n_test: int = 6, frames: int = 4, size
     )
 
 
+def tiny_train_config():
+    """The small training run the training tests share: 2 epochs of batch 8, 4 frames, full DiscoVLA."""
+    from discovla.model import DiscoVLAConfig
+    from discovla.train import TrainConfig
+
+    return TrainConfig(
+        seed=3,
+        epochs=2,
+        batch_size=8,
+        lr=1e-3,
+        warmup=0.25,
+        device="cpu",
+        model=DiscoVLAConfig(
+            lora_rank=4, fusion=True, vision_layers=2, text_layers=1, adapter_dim=4, num_frames=4
+        ),
+    )
+
+
 @pytest.fixture
 def features():
     return synthetic_features()

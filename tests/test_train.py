@@ -8,23 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_train_config
 
 import discovla.provenance
 from discovla.artifacts.adapters import load_adapters, save_adapters
-from discovla.model import DiscoVLAConfig
-from discovla.train import TrainConfig, epoch_plan, train
+from discovla.train import epoch_plan, train
 
-CFG = TrainConfig(
-    seed=3,
-    epochs=2,
-    batch_size=8,
-    lr=1e-3,
-    warmup=0.25,
-    device="cpu",
-    model=DiscoVLAConfig(
-        lora_rank=4, fusion=True, vision_layers=2, text_layers=1, adapter_dim=4, num_frames=4
-    ),
-)
+CFG = tiny_train_config()
 
 
 @pytest.mark.parametrize("augment", ["none", "randaugment"])

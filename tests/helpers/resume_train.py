@@ -21,27 +21,16 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conftest import synthetic_features  # noqa: E402
+from conftest import synthetic_features, tiny_train_config  # noqa: E402
 
 from discovla.artifacts.adapters import CHECKPOINTS_ENV, checkpoint_root, save_adapters  # noqa: E402
 from discovla.artifacts.features import Features  # noqa: E402
 from discovla.backbone import load_backbone  # noqa: E402
 from discovla.distributed import all_ranks_finished  # noqa: E402
 from discovla.io import write_json  # noqa: E402
-from discovla.model import DiscoVLAConfig  # noqa: E402
-from discovla.train import TrainConfig, train  # noqa: E402
+from discovla.train import train  # noqa: E402
 
-CFG = TrainConfig(
-    seed=3,
-    epochs=2,
-    batch_size=8,
-    lr=1e-3,
-    warmup=0.25,
-    device="cpu",
-    model=DiscoVLAConfig(
-        lora_rank=4, fusion=True, vision_layers=2, text_layers=1, adapter_dim=4, num_frames=4
-    ),
-)
+CFG = tiny_train_config()
 
 
 def make_inputs() -> tuple[torch.nn.Module, Features]:

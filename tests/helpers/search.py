@@ -36,27 +36,19 @@ def make_clip(path: Path, source: str, seconds: float = 1.0) -> Path:
 def train_adapters(root: Path, features: Any) -> Path:
     """A tiny CLIP checkpoint (random init, saved so loading is exact) and DiscoVLA adapters trained for one
     epoch on ``features``, saved as the train stage does; returns the adapters directory."""
+    from conftest import tiny_train_config
+
     from discovla.artifacts.adapters import save_adapters
     from discovla.backbone import load_backbone
     from discovla.clip_factory import HF_SAFE_WEIGHTS, save_clip
-    from discovla.model import DiscoVLAConfig
-    from discovla.train import TrainConfig, train
+    from discovla.train import train
 
     torch.manual_seed(0)
     save_clip(load_backbone("tiny-clip", None, context_length=CTX).model, "tiny-clip", root / "clip", {})
     ckpt = root / "clip" / HF_SAFE_WEIGHTS
     clip = load_backbone("tiny-clip", str(ckpt), context_length=CTX).model
-    cfg = TrainConfig(
-        seed=3,
-        epochs=1,
-        batch_size=8,
-        lr=1e-3,
-        warmup=0.25,
-        device="cpu",
-        model=DiscoVLAConfig(
-            lora_rank=4, fusion=True, vision_layers=2, text_layers=1, adapter_dim=4, num_frames=FRAMES
-        ),
-    )
+    cfg = replace(tiny_train_config(), epochs=1)
+    assert cfg.model.num_frames == FRAMES
     model, _ = train(clip, features, replace(cfg), root / "checkpoints", progress=False)
     out = root / "models" / "discovla"
     save_adapters(out, model, {"backbone": "tiny-clip", "pretrained": str(ckpt), "context_length": CTX})
