@@ -32,8 +32,11 @@ writes the ``frames`` store.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -59,19 +62,20 @@ def scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, tmp_w), max(size, tmp_h)
 
 
-# One scaler per process: libswscale keeps its context (filter tables: the costly part of scaling a
-# single frame) while the source size and format stay the same.
-_REFORMATTER: Any = None
+# One scaler per thread: libswscale keeps its context (filter tables: the costly part of scaling a
+# single frame) while the source size and format stay the same. A context is not safe to share between
+# threads (`discovla index --workers N` samples in threads): sharing one crashed the process.
+_LOCAL = threading.local()
 
 
 def to_rgb(frame: Any, size: int) -> np.ndarray:
     """A decoded ``av.VideoFrame`` as uint8 ``[size, size, 3]`` RGB: shorter side to ``size`` (bicubic),
     centre crop."""
-    global _REFORMATTER
-    if _REFORMATTER is None:
-        _REFORMATTER = av.video.reformatter.VideoReformatter()
+    reformatter = getattr(_LOCAL, "reformatter", None)
+    if reformatter is None:
+        reformatter = _LOCAL.reformatter = av.video.reformatter.VideoReformatter()
     w, h = scaled_size(frame.width, frame.height, size)
-    img = _REFORMATTER.reformat(frame, w, h, "rgb24", interpolation="BICUBIC", threads=1).to_ndarray()
+    img = reformatter.reformat(frame, w, h, "rgb24", interpolation="BICUBIC", threads=1).to_ndarray()
     x, y = round((w - size) / 2), round((h - size) / 2)  # as ffmpeg's crop: ties to even
     return np.ascontiguousarray(img[y : y + size, x : x + size])
 
@@ -213,10 +217,8 @@ def sample_frames(
     if not os.access(p, os.R_OK):
         raise VideoError("unreadable file")
     deadline = time.monotonic() + timeout
-    level = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)  # messages go to Capture, never to stderr
     try:
-        with av.logging.Capture(local=True) as logs:
+        with _quiet_libraries(), av.logging.Capture(local=True) as logs:
             # "file:" so that a name with a colon is never taken for a protocol
             container, stream = _open(f"file:{p.absolute()}", logs)
             with container:
@@ -224,8 +226,29 @@ def sample_frames(
     except (av.error.FFmpegError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise VideoError(f"ffmpeg failed: {detail}") from None
+
+
+_LOG_LOCK = threading.Lock()
+_LOG_USERS = [0, None]  # samplings running, the log level before the first of them
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """The libraries' log level at ERROR while any sampling runs (their messages go to the thread's
+    ``Capture``, never to stderr), and back to what it was when the last one ends: the level is global,
+    and samplings may overlap in threads."""
+    with _LOG_LOCK:
+        if _LOG_USERS[0] == 0:
+            _LOG_USERS[1] = av.logging.get_level()
+            av.logging.set_level(av.logging.ERROR)
+        _LOG_USERS[0] += 1
+    try:
+        yield
     finally:
-        av.logging.set_level(level)
+        with _LOG_LOCK:
+            _LOG_USERS[0] -= 1
+            if _LOG_USERS[0] == 0:
+                av.logging.set_level(_LOG_USERS[1])
 
 
 def _sample(

@@ -257,3 +257,20 @@ def test_plan_follows_presentation_order_and_thins_on_real_pts() -> None:
     thinned = plan(list(range(10)), [1] * 10, 4, Fraction(1, 10), max_fps=2.5)
     # the rule picks frames 1, 3, 6, 8; the nearest kept (0, 4, 8; ties: the later) are 0, 4, 8 and 8
     assert thinned.picks == [0, 4, 8, 8] and thinned.indices == [0, 4, 8, 8]
+
+
+def test_sampling_in_threads_matches_one_at_a_time(clips: dict[str, Path], tmp_path: Path) -> None:
+    """`discovla index --workers N` samples in threads: each thread scales with its own libswscale context
+    (one shared context crashed the process) and the libraries' log level comes back afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import av.logging
+
+    big = make_testsrc(tmp_path / "big.mp4", "160x120", 10, 2.0, "-pix_fmt", "yuv420p")
+    jobs = [(path, size) for path in (*clips.values(), big) for size in (24, 32, 48)] * 3
+    want = [sample_frames(path, 4, size).frames for path, size in jobs]
+    level = av.logging.get_level()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda job: sample_frames(job[0], 4, job[1]).frames, jobs))
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert av.logging.get_level() == level
