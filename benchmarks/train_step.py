@@ -4,7 +4,8 @@
     python benchmarks/train_step.py --backbone ViT-B-16 --batch 128 --frames 12 --activation-checkpointing
 
 Uses a randomly initialised backbone (no weights needed) and random inputs; reports the median of
-``--steps`` timed steps after ``--warmup`` untimed ones, for LoRA only and for full DiscoVLA (with
+``--steps`` timed steps after ``--warmup`` untimed ones, for LoRA only, for full DiscoVLA and for the
+order-aware extension (temporal module + L_order with reversed and shuffled copies) (with
 ``--activation-checkpointing``: also with every residual block checkpointed), and what the reference
 recipe's options add to a step: ``train.augment: randaugment`` (timm's policy on the batch's uint8 frames,
 one draw per video) and ``train.sampling`` (building an epoch's sample order; ``pairs`` does not change the
@@ -34,9 +35,11 @@ import typer
 
 from discovla.augment import augment_batch
 from discovla.backbone import load_backbone
+from discovla.distributed import Dist
 from discovla.flops import mfu, peak_bf16_flops, step_flops, text_length
 from discovla.losses import discovla_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
+from discovla.train import TrainConfig, order_copies, order_perms
 
 CONTEXT = 32  # caption tokens per row of the feature cache (the reference code's context length)
 EOT_AT = 20  # benchmark captions: SOT, 19 words, EOT, padding (21 tokens run after trimming)
@@ -62,6 +65,7 @@ def measure_step(
     warmup: int = 2,
     precision: str = "auto",
     fusion: bool = True,
+    order: bool = False,
 ) -> dict[str, Any]:
     """Time ``steps`` DiscoVLA training steps (after ``warmup``) on a random ``backbone`` and random inputs.
 
@@ -74,6 +78,8 @@ def measure_step(
         compile: ``torch.compile`` the forward + loss (graph breaks at the text trimming are expected).
         precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``bf16`` or ``fp32``.
         fusion: full DiscoVLA (IVFusion + pseudo captions, alpha 0.3, beta 1) or LoRA only (video loss).
+        order: the order-aware extension on top (``temporal.module`` with the params' width and layers, and
+            L_order with the reversed and a shuffled copy of every video, ``temporal.shuffled``).
     Returns:
         ``s_per_step`` (median), ``first_step_s`` (includes compilation), ``peak_mem_gib`` (CUDA, else None),
         ``model_flops`` / ``hardware_flops`` per step (:func:`discovla.flops.step_flops`; hardware FLOPs
@@ -93,6 +99,7 @@ def measure_step(
         "device": device_name(dev),
         "precision": "bf16" if bf16 else "fp32",
         "fusion": fusion,
+        "order": order,
         "activation_checkpointing": activation_checkpointing,
         "compile": compile,
         "steps": steps,
@@ -101,7 +108,17 @@ def measure_step(
     try:
         result.update(
             _measure(
-                backbone, batch, frames, dev, activation_checkpointing, compile, steps, warmup, bf16, fusion
+                backbone,
+                batch,
+                frames,
+                dev,
+                activation_checkpointing,
+                compile,
+                steps,
+                warmup,
+                bf16,
+                fusion,
+                order,
             )
         )
         result["oom"] = False
@@ -132,10 +149,12 @@ def _measure(
     warmup: int,
     bf16: bool,
     fusion: bool,
+    order: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     bb = load_backbone(backbone, None, device=device, context_length=CONTEXT)
-    model = DiscoVLA(bb.model, DiscoVLAConfig(fusion=fusion, num_frames=frames)).to(device).train()
+    cfg = DiscoVLAConfig(fusion=fusion, num_frames=frames, temporal_module=order)
+    model = DiscoVLA(bb.model, cfg).to(device).train()
     model.set_activation_checkpointing(checkpointing)
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4, fused=cuda)
@@ -146,6 +165,7 @@ def _measure(
     tokens[:, EOT_AT + 1 :] = 0
     pseudo = tokens[:, None].expand(batch, frames, CONTEXT).contiguous()
     scale = model.logit_scale
+    perms = order_perms(TrainConfig(shuffled=True), 0, frames) if order else []
     alpha, beta = (0.3, 1.0) if fusion else (0.0, 0.0)
 
     def forward_loss(pixels: torch.Tensor, tokens: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
@@ -153,8 +173,18 @@ def _measure(
             f = model.encode_frames(pixels)
             t = model.encode_text(tokens)
             p = model.encode_pseudo(pseudo) if fusion else None
+        f = f.float()
+        copies = order_copies(model, pixels, f, perms, Dist(), bf16) if order else None
         terms = discovla_loss(
-            t.float(), f.float(), p.float() if p is not None else None, scale, alpha=alpha, beta=beta
+            t.float(),
+            f,
+            p.float() if p is not None else None,
+            scale,
+            alpha=alpha,
+            beta=beta,
+            video_feats=model.video_features(f),
+            order_copies=copies,
+            order_weight=1.0 if order else 0.0,
         )
         return terms["loss"]
 
@@ -257,10 +287,14 @@ def main(
     }
     runs: dict[str, dict[str, Any]] = {}
     for ckpt in (False, True) if activation_checkpointing else (False,):
-        for name, fusion in (("lora_only", False), ("discovla", True)):
+        for name, fusion, order in (
+            ("lora_only", False, False),
+            ("discovla", True, False),
+            ("order_aware", True, True),
+        ):
             key = f"{name}_checkpointing" if ckpt else name
             runs[key] = measure_step(
-                backbone, batch, frames, device, ckpt, compile, steps, warmup, precision, fusion=fusion
+                backbone, batch, frames, device, ckpt, compile, steps, warmup, precision, fusion, order
             )
             result[f"{key}_s_per_step"] = runs[key]["s_per_step"]
             print(f"{key}: {json.dumps(runs[key])}", flush=True)

@@ -13,6 +13,17 @@ Variants (each trained and evaluated on the test split, last epoch, over several
   (``fusion.distill_scale: mean``): the reference scaling (sum x 100 / B^2) weighs the KL term 4x more
   at batch 32 than at the paper's batch 128.
 
+Order-aware rows (an extension beyond the paper, :mod:`discovla.model.temporal`), at the params' alpha and
+beta:
+
+- ``order_module``: full DiscoVLA + the temporal module over frame features (frame positions);
+- ``order``: the same + time-reversed copies of each video as negatives for its captions (L_order, weight
+  10: at weight 1 the order term stays at chance within the 500 steps of this recipe).
+
+The same rows run on the shapes world with static captions (``shapes.captions: static``: what a still
+shows, no motion or order) through :func:`static_world_features`: the same videos, frames and pseudo
+captions, only the video captions differ.
+
 Results go to ``metrics/ablation.json`` (mean and sample standard deviation per metric) and a
 Markdown table (``metrics/ablation.md``) that the README quotes.
 """
@@ -31,6 +42,7 @@ from discovla.evaluate import evaluate_model, rounded, validation_monitor, zeros
 from discovla.pipeline import train_config
 
 VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full", "full_detach", "full_mean")
+ORDER_VARIANTS = ("order_module", "order")
 # per variant: (TrainConfig overrides, DiscoVLAConfig overrides); alpha = beta = 0 also drops the text-side
 # adapters, which could never receive a gradient (discovla.pipeline.train_config)
 OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -40,6 +52,9 @@ OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "full": ({"beta": 1.0, "distill_scale": "reference"}, {"fusion": True}),
     "full_detach": ({"beta": 1.0, "distill_scale": "reference", "detach_teacher": True}, {"fusion": True}),
     "full_mean": ({"beta": 1.0, "distill_scale": "mean"}, {"fusion": True}),
+    # order-aware extensions of full DiscoVLA at the params' alpha and beta (discovla.model.temporal)
+    "order_module": ({"order_weight": 0.0}, {"fusion": True, "temporal_module": True}),
+    "order": ({"order_weight": 10.0}, {"fusion": True, "temporal_module": True}),
 }
 
 
@@ -65,10 +80,23 @@ def summarise_metrics(m: dict[str, Any]) -> dict[str, float]:
     out = {"t2v_R@1": m["t2v"]["R@1"], "t2v_R@5": m["t2v"]["R@5"], "v2t_R@1": m["v2t"]["R@1"]}
     for kind, acc in m.get("twins", {}).items():
         out[f"{kind}_twin_acc"] = acc
+    rev = m.get("reversal") or {}
+    for key, name in (("all", "reversal_acc"), ("ordered", "reversal_ordered_acc")):
+        if rev.get(key) is not None:
+            out[name] = rev[key]
     return rounded(out, 2)
 
 
-METRICS = ("t2v_R@1", "t2v_R@5", "v2t_R@1", "content_twin_acc", "order_twin_acc", "trainable_parameters")
+METRICS = (
+    "t2v_R@1",
+    "t2v_R@5",
+    "v2t_R@1",
+    "content_twin_acc",
+    "order_twin_acc",
+    "reversal_acc",
+    "reversal_ordered_acc",
+    "trainable_parameters",
+)
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +138,41 @@ def run_one(
 
 
 _WORKER: dict[str, Any] = {}
+
+
+def static_world_features(params: Params, root: str | Path = ".work/worlds") -> Path:
+    """The feature cache of the shapes world with ``shapes.captions: static``, built once under ``root``.
+
+    The videos, their sampled frames and pseudo captions do not depend on the captions setting, so the
+    cache is built from the pipeline's frames store and pseudo captions (``data/frames``,
+    ``data/captions.parquet``) with the static captions of the same video specs; only the caption tokens and
+    embeddings differ from ``data/features``. The directory is named by a digest of the captions and of the
+    pipeline's cache, so a changed world or cache builds a new one."""
+    import hashlib
+
+    from discovla.artifacts.features import cache_digest
+    from discovla.backbone import load_backbone
+    from discovla.data.shapes.sampling import sample_specs
+    from discovla.data.shapes.world import captions_table
+    from discovla.featurize import build_features
+
+    if params.data.dataset != "shapes":
+        raise ValueError(
+            f"the static-caption world is a shapes-world setting; data.dataset is {params.data.dataset!r}"
+        )
+    shapes = params.shapes.model_copy(update={"captions": "static"})
+    caps = captions_table(sample_specs(shapes), shapes)
+    caps.insert(0, "caption_id", range(len(caps)))
+    digest = hashlib.sha256((caps.to_csv(index=False) + cache_digest("data/features")).encode()).hexdigest()
+    out = Path(root) / f"static-{digest[:12]}"
+    if not (out / "manifest.json").exists():
+        m = params.model
+        backbone = load_backbone(m.backbone, m.pretrained, context_length=m.context_length)
+        twins = Path(params.data.root) / "twins.csv"
+        build_features(
+            backbone, "data/frames", "data/captions.parquet", caps, out, params.features.batch_size, twins
+        )
+    return out
 
 
 def _init_worker(params_file: str, features_dir: str) -> None:

@@ -90,14 +90,22 @@ def import_captions(
 def ablate(
     seeds: str = typer.Option("1,2,3", help="Comma-separated training seeds."),
     variants: str = typer.Option(
-        "zeroshot,lora,ivfusion,pimgalign,full,full_detach,full_mean",
+        "zeroshot,lora,ivfusion,pimgalign,full,full_detach,full_mean,order_module,order",
         help="Comma-separated ablation rows: zeroshot, lora, ivfusion, pimgalign, full, full_detach, "
-        "full_mean, or beta=X (full DiscoVLA with fusion.beta X, a point of the beta sweep).",
+        "full_mean, order_module, order (order-aware extensions), or beta=X (full DiscoVLA with "
+        "fusion.beta X, a point of the beta sweep).",
     ),
     params_file: str = typer.Option("params.yaml", help="Parameters (train/fusion/lora/model/evaluate)."),
     features_dir: str = typer.Option("data/features", help="Feature cache written by the features stage."),
     out: str = typer.Option("metrics/ablation.json", help="Summary JSON; a Markdown table goes next to it."),
     workers: int = typer.Option(1, help="Parallel single-threaded training processes (e.g. one per core)."),
+    captions: str = typer.Option(
+        "dataset",
+        help="dataset: the feature cache's own captions. static: the shapes world with captions that say "
+        "only "
+        "what a still shows (shapes.captions: static), its cache built once under .work/worlds from the "
+        "pipeline's frames and pseudo captions.",
+    ),
 ) -> None:
     """Train and evaluate the paper's ablation (zero-shot, LoRA, +IVFusion, +PImgAlign, full) over seeds.
 
@@ -116,6 +124,12 @@ def ablate(
     from discovla.config import load_params_or_exit
 
     params = load_params_or_exit(params_file)
+    if captions == "static":
+        from discovla.ablation import static_world_features
+
+        features_dir = str(static_world_features(params))
+    elif captions != "dataset":
+        raise typer.BadParameter(f"--captions must be dataset or static, got {captions!r}")
     features = load_features(features_dir)
 
     def clip_factory():  # noqa: ANN202
@@ -132,6 +146,7 @@ def ablate(
         params_file=params_file,
         features_dir=features_dir,
     )
+    result["captions"] = captions
     write_ablation(result, out, Path(out).with_suffix(".md"))
     typer.echo(Path(out).with_suffix(".md").read_text())
 

@@ -42,6 +42,7 @@ class ShapesParams(_Section):
     content_twin_fraction: float = Field(0.3, ge=0.0, le=1.0)
     stills_train: int = Field(20000, ge=16)
     stills_val: int = Field(1000, ge=16)
+    captions: Literal["narrative", "static"] = "narrative"
 
 
 class FramesParams(_Section):
@@ -102,6 +103,14 @@ class FusionParams(_Section):
     temporal_position: bool = False
 
 
+class TemporalParams(_Section):
+    module: bool = False
+    width: int = Field(64, ge=8, le=4096)
+    layers: int = Field(1, ge=1, le=12)
+    order_weight: float = Field(0.0, ge=0.0, le=100.0)
+    shuffled: bool = False
+
+
 class TrainParams(_Section):
     seed: int = 42
     epochs: int = Field(5, ge=1, le=1000)
@@ -145,6 +154,7 @@ class Params(_Section):
     features: FeaturesParams = Field(default_factory=FeaturesParams)
     lora: LoraParams = Field(default_factory=LoraParams)
     fusion: FusionParams = Field(default_factory=FusionParams)
+    temporal: TemporalParams = Field(default_factory=TemporalParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)

@@ -8,7 +8,9 @@ CLIP parameter: 100 for OpenAI CLIP), a float or a 0-d tensor.
 * :func:`info_nce`: :func:`contrastive_loss` on ``tau * sim``; rows are texts (t2v), columns videos (v2t).
 * :func:`pimg_similarity`: S_img between the pseudo captions of video a and the frames of video b.
 * :func:`align_distill`: KL(P_img || P_video) on rows and columns (teacher S_img, student S_video).
-* :func:`discovla_loss`: L = L_video + alpha L_img + beta L_distill.
+* :func:`order_loss`: an extension beyond the paper: each caption against its own video and that video's
+  time-reversed (or shuffled) copies, the copies as negatives.
+* :func:`discovla_loss`: L = L_video + alpha L_img + beta L_distill (+ order_weight L_order).
 """
 
 from __future__ import annotations
@@ -106,6 +108,24 @@ def align_distill(
     return total / 2 / norm
 
 
+def order_loss(text: Tensor, video: Tensor, copies: Tensor, logit_scale: float | Tensor) -> Tensor:
+    """Cross-entropy of each caption over its own video and that video's order-corrupted copies.
+
+    ``text [B, E]``, ``video [B, E]`` and ``copies [B, K, E]`` are normalised; row a's logits are
+    ``tau * [t_a . v_a, t_a . c_a1, ..., t_a . c_aK]`` with target 0 (the video in its true order). The
+    batch's other videos are already negatives in L_video; here only a video's own copies are, which share
+    its frames and differ only in their order."""
+    if text.dim() != 2 or video.shape != text.shape or copies.dim() != 3 or copies.shape[0] != text.shape[0]:
+        raise ValueError(
+            f"text and video must be [B, E] and copies [B, K, E], got {tuple(text.shape)}, "
+            f"{tuple(video.shape)} and {tuple(copies.shape)}"
+        )
+    pos = (text * video).sum(dim=-1, keepdim=True)
+    neg = torch.einsum("be,bke->bk", text, copies)
+    logits = logit_scale * torch.cat([pos, neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
 def discovla_loss(
     text_feat: Tensor,
     frame_feats: Tensor,
@@ -115,17 +135,24 @@ def discovla_loss(
     beta: float = 1.0,
     detach_teacher: bool = False,
     distill_scale: str = "reference",
+    video_feats: Tensor | None = None,
+    order_copies: Tensor | None = None,
+    order_weight: float = 0.0,
 ) -> dict[str, Tensor]:
-    """The DiscoVLA objective ``L = L_video + alpha L_img + beta L_distill``.
+    """The DiscoVLA objective ``L = L_video + alpha L_img + beta L_distill`` (+ ``order_weight L_order``).
 
     Args:
         text_feat: ``[B, E]`` projected EOT features of the video captions (not necessarily normalised).
-        frame_feats: ``[B, F, E]`` projected CLS features per frame.
+        frame_feats: ``[B, F, E]`` projected CLS features per frame (PImgAlign's frames).
         pseudo_feats: ``[B, F, E]`` projected EOT features of the pseudo captions, or None (then alpha and
             beta must be 0; ``img`` and ``distill`` are returned as 0).
+        video_feats: ``[B, F, E]`` the features the video embedding is pooled from (the temporal module's
+            output, :meth:`DiscoVLA.video_features`); None: ``frame_feats`` (the paper).
+        order_copies: ``[B, K, E]`` normalised embeddings of each video's time-reversed (or shuffled)
+            copies; with them the terms gain ``order`` (:func:`order_loss`), weighted by ``order_weight``.
     Returns:
-        ``{"loss", "video", "img", "distill"}`` and the :func:`batch_stats` diagnostics (0-d tensors; only
-        ``loss`` is meant for backward).
+        ``{"loss", "video", "img", "distill"}`` (``"order"`` too with ``order_copies``) and the
+        :func:`batch_stats` diagnostics (0-d tensors; only ``loss`` is meant for backward).
     """
     if text_feat.dim() != 2 or frame_feats.dim() != 3 or text_feat.shape[0] != frame_feats.shape[0]:
         raise ValueError(
@@ -133,15 +160,19 @@ def discovla_loss(
             f"{tuple(text_feat.shape)} and {tuple(frame_feats.shape)}"
         )
     t = F.normalize(text_feat, dim=-1)
-    s_video = t @ video_embedding(frame_feats).t()
+    v = video_embedding(frame_feats if video_feats is None else video_feats)
+    s_video = t @ v.t()
     l_video = info_nce(s_video, logit_scale)
+    order = {} if order_copies is None else {"order": order_loss(t, v, order_copies, logit_scale)}
+    extra = order_weight * order["order"] if order else 0.0
     zero = l_video.new_zeros(())
     if pseudo_feats is None:
         if alpha != 0 or beta != 0:
             raise ValueError(
                 "pseudo_feats is None but alpha or beta is non-zero: pass pseudo-caption features"
             )
-        return {"loss": l_video, "video": l_video, "img": zero, "distill": zero, **batch_stats(s_video)}
+        terms = {"loss": l_video + extra, "video": l_video, "img": zero, "distill": zero, **order}
+        return {**terms, **batch_stats(s_video)}
     if pseudo_feats.shape[:1] != frame_feats.shape[:1]:
         raise ValueError(
             f"pseudo_feats {tuple(pseudo_feats.shape)} must have B={frame_feats.shape[0]} videos"
@@ -149,8 +180,8 @@ def discovla_loss(
     s_img = pimg_similarity(F.normalize(pseudo_feats, dim=-1), F.normalize(frame_feats, dim=-1), logit_scale)
     l_img = info_nce(s_img, logit_scale)
     l_distill = align_distill(s_img, s_video, logit_scale, detach_teacher=detach_teacher, scale=distill_scale)
-    loss = l_video + alpha * l_img + beta * l_distill
-    terms = {"loss": loss, "video": l_video, "img": l_img, "distill": l_distill}
+    loss = l_video + alpha * l_img + beta * l_distill + extra
+    terms = {"loss": loss, "video": l_video, "img": l_img, "distill": l_distill, **order}
     return {**terms, **batch_stats(s_video, s_img, logit_scale)}
 
 

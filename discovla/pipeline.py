@@ -11,7 +11,8 @@ from discovla.train import TrainConfig
 
 
 def model_config(p: Params, num_frames: int) -> DiscoVLAConfig:
-    """The model config from params ``lora`` and ``fusion``, with F taken from the feature cache (what
+    """The model config from params ``lora``, ``fusion`` and ``temporal``, with F taken from the feature cache
+    (what
     training really sees)."""
     f = p.fusion
     return DiscoVLAConfig(
@@ -22,6 +23,9 @@ def model_config(p: Params, num_frames: int) -> DiscoVLAConfig:
         adapter_dim=f.adapter_dim,
         temporal_position=f.temporal_position,
         num_frames=num_frames,
+        temporal_module=p.temporal.module,
+        temporal_width=p.temporal.width,
+        temporal_layers=p.temporal.layers,
     )
 
 
@@ -49,6 +53,8 @@ def train_config(
         beta=p.fusion.beta,
         detach_teacher=p.fusion.detach_teacher,
         distill_scale=p.fusion.distill_scale,
+        order_weight=p.temporal.order_weight,
+        shuffled=p.temporal.shuffled,
         device=t.device,
         precision=t.precision,
         workers=t.workers,

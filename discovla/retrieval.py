@@ -233,3 +233,30 @@ def twin_accuracy(
     own = (c * v[p[:, 1]]).sum(1)
     twin = (c * v[p[:, 2]]).sum(1)
     return float(100.0 * ((own > twin).double() + 0.5 * (own == twin).double()).mean())
+
+
+def reversal_accuracy(
+    text_emb: torch.Tensor | np.ndarray,
+    video_emb: torch.Tensor | np.ndarray,
+    reversed_emb: torch.Tensor | np.ndarray,
+    target: Sequence[int] | np.ndarray,
+    tie_tol: float = 1e-5,
+) -> float:
+    """Reversal-test accuracy in percent: how often caption c scores its own video ``target[c]`` above the
+    same video with its frames reversed (``reversed_emb[target[c]]``), dot products in float64.
+
+    A difference within ``tie_tol`` is a tie and counts one half: an order-blind model encodes a video and
+    its reversal alike up to float32 summation order (about 1e-7), and must score chance, 50%, not a coin
+    flip decided by rounding. Give normalised embeddings (cosines); ``tie_tol`` is in cosine units.
+    """
+    t = torch.as_tensor(text_emb).double()
+    v = torch.as_tensor(video_emb).double()
+    r = torch.as_tensor(reversed_emb).double()
+    idx = torch.as_tensor(np.asarray(target), dtype=torch.long).reshape(-1)
+    if v.shape != r.shape:
+        raise ValueError(f"video_emb {tuple(v.shape)} and reversed_emb {tuple(r.shape)} differ in shape")
+    if len(idx) != len(t) or len(t) == 0:
+        raise ValueError(f"{len(idx)} targets for {len(t)} captions (need one per caption, at least one)")
+    diff = (t * v[idx]).sum(1) - (t * r[idx]).sum(1)
+    wins = (diff > tie_tol).double() + 0.5 * (diff.abs() <= tie_tol).double()
+    return float(100.0 * wins.mean())

@@ -19,3 +19,32 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 def normalize_caption(text: str) -> str:
     """Lower-case, single-spaced, stripped caption, no space before punctuation (``a , b`` -> ``a, b``)."""
     return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(text.lower().split()))
+
+
+#: Words that state an order of events in a caption (the reversal test's "ordered" subset). Word-level
+#: match after :func:`normalize_caption`; "after that" and "after which" match through "after".
+ORDER_WORDS = frozenset(
+    {
+        "after",
+        "afterwards",
+        "before",
+        "begins",
+        "ends",
+        "eventually",
+        "finally",
+        "first",
+        "followed",
+        "later",
+        "next",
+        "once",
+        "starts",
+        "then",
+        "until",
+    }
+)
+_WORD = re.compile(r"[a-z]+")
+
+
+def states_order(caption: str) -> bool:
+    """Whether ``caption`` contains a word of :data:`ORDER_WORDS` ("a circle appears, then ...")."""
+    return any(w in ORDER_WORDS for w in _WORD.findall(normalize_caption(caption)))

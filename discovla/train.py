@@ -45,7 +45,7 @@ from discovla.artifacts.adapters import (
     save_checkpoint,
 )
 from discovla.artifacts.features import Features
-from discovla.config import FusionParams, TrainParams
+from discovla.config import FusionParams, TemporalParams, TrainParams
 from discovla.distributed import (
     Dist,
     average_gradients,
@@ -68,7 +68,7 @@ SAMPLINGS = ("pairs", "videos")
 TRAINING_CODE = ("discovla.train", "discovla.backbone", "discovla.evaluate")
 
 
-_TRAIN, _FUSION = TrainParams(), FusionParams()  # defaults live in one place: discovla/config.py
+_TRAIN, _FUSION, _TEMPORAL = TrainParams(), FusionParams(), TemporalParams()  # defaults: discovla/config.py
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ class TrainConfig:
     beta: float = _FUSION.beta
     detach_teacher: bool = _FUSION.detach_teacher
     distill_scale: str = _FUSION.distill_scale
+    order_weight: float = _TEMPORAL.order_weight  # weight of L_order (time-reversed copies as negatives)
+    shuffled: bool = _TEMPORAL.shuffled  # L_order also gets a frame-shuffled copy of every video
     device: str = _TRAIN.device
     precision: str = _TRAIN.precision
     workers: int = _TRAIN.workers  # loader worker processes (0: read in the training process)
@@ -123,6 +125,50 @@ def epoch_plan(
     by_video = caps.groupby("video_index").indices
     chosen = np.array([by_video[v][rng.integers(len(by_video[v]))] for v in order], dtype=np.int64)
     return order, chosen
+
+
+def order_perms(cfg: TrainConfig, step: int, num_frames: int) -> list[torch.Tensor]:
+    """The frame orders of the copies that L_order contrasts with each video at ``step``: the time reversal,
+    and with ``cfg.shuffled`` one shuffle that is neither the identity nor the reversal, drawn from
+    (seed, step) so that a resumed run draws the same."""
+    perms = [torch.arange(num_frames - 1, -1, -1)]
+    if cfg.shuffled:
+        if num_frames < 3:
+            raise ValueError(
+                f"temporal.shuffled needs at least 3 frames per video, the cache has {num_frames}"
+            )
+        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
+        while True:
+            p = torch.randperm(num_frames, generator=gen)
+            if not (torch.equal(p, perms[0]) or torch.equal(p, torch.arange(num_frames))):
+                break
+        perms.append(p)
+    return perms
+
+
+def order_copies(
+    model: DiscoVLA,
+    pixels: torch.Tensor,
+    frame_feats: torch.Tensor,
+    perms: list[torch.Tensor],
+    d: Dist,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """``[B, K, E]``: normalised video embeddings of every video of the (gathered) batch with its frames in
+    each order of ``perms``. Without frame positions in the video-level attention the encoder is
+    equivariant to frame order (tested), so a copy is the frame features permuted; with
+    ``fusion.temporal_position`` the permuted pixels are encoded again (under bf16 autocast with ``bf16``, as
+    the step's own encoding) and gathered."""
+    copies = []
+    for perm in perms:
+        if model.cfg.temporal_position:
+            with torch.autocast(device_type=pixels.device.type, dtype=torch.bfloat16, enabled=bf16):
+                feats = model.encode_frames(pixels[:, perm.to(pixels.device)])
+            feats = gather_with_grad(feats.float(), d)
+        else:
+            feats = frame_feats[:, perm.to(frame_feats.device)]
+        copies.append(model.video_embedding(feats))
+    return torch.stack(copies, dim=1)
 
 
 def run_key(cfg: TrainConfig, features: Features, clip: torch.nn.Module) -> str:
@@ -172,6 +218,8 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"{samples} train samples ({cfg.sampling}) < train.batch_size {cfg.batch_size}")
     schedule = warmup_cosine(opt, cfg.warmup, steps_per_epoch * cfg.epochs)
+    if cfg.order_weight > 0 and cfg.shuffled:
+        order_perms(cfg, 0, features.num_frames)  # fails now, not at the first step, with too few frames
 
     run_dir = Path(ckpt_root) / key
     lock = _lock_run(run_dir, d)  # rank 0 holds it; a second process training this key waits, then reuses
@@ -330,6 +378,10 @@ def _train_epochs(
             frame_feats = gather_with_grad(frame_feats.float(), d)
             text_feats = gather_with_grad(text_feats.float(), d)
             pseudo = gather_with_grad(pseudo.float(), d) if pseudo is not None else None
+            copies = None
+            if cfg.order_weight > 0:
+                perms = order_perms(cfg, step, frame_feats.shape[1])
+                copies = order_copies(model, pixels, frame_feats, perms, d, use_bf16)
             terms = discovla_loss(
                 text_feats,
                 frame_feats,
@@ -339,6 +391,9 @@ def _train_epochs(
                 beta=cfg.beta,
                 detach_teacher=cfg.detach_teacher,
                 distill_scale=cfg.distill_scale,
+                video_feats=model.video_features(frame_feats),
+                order_copies=copies,
+                order_weight=cfg.order_weight,
             )
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()

@@ -37,11 +37,16 @@ def main(
     trained = evaluate_model(model, cache, "test", ev.batch_size, ev.chunk_size, ev.dsl, device, ev.workers)
     ranks = {"zeroshot": zs.pop("ranks"), "discovla": trained.pop("ranks")}
     write_json(zeroshot_metrics, zs)
-    write_json(metrics, {**trained, "zeroshot": {k: zs[k] for k in ("t2v", "v2t", "twins")}})
+    write_json(metrics, {**trained, "zeroshot": {k: zs[k] for k in ("t2v", "v2t", "twins", "reversal")}})
     write_recall_curve(curve, ranks)
     for name, r in (("zero-shot", zs), ("DiscoVLA", trained)):
         tw = ", ".join(f"{k} twins {v:.1f}%" for k, v in r.get("twins", {}).items())
-        print(f"{name}: t2v R@1 {r['t2v']['R@1']:.1f}, v2t R@1 {r['v2t']['R@1']:.1f}; {tw}")
+        rev = r["reversal"]
+        ordered = f", {rev['ordered']:.1f}% on order-stating captions" if rev["ordered"] is not None else ""
+        print(
+            f"{name}: t2v R@1 {r['t2v']['R@1']:.1f}, v2t R@1 {r['v2t']['R@1']:.1f}; {tw}; "
+            f"reversal test {rev['all']:.1f}%{ordered}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ stages/train.py ...``). A rerun after a crash resumes from the last epoch checkp
 (same config, input bytes, frozen weights and training code) under ``.work/checkpoints/`` (or
 ``$DISCOVLA_CHECKPOINTS``); under torchrun rank 0's checkpoint decides and is broadcast to every rank, and
 the outputs are written by rank 0 only after every rank has finished. Reads params ``model``, ``lora``,
-``fusion``, ``train`` and ``evaluate.batch_size`` / ``evaluate.chunk_size`` (per-epoch validation recall,
-monitoring only).
+``fusion``, ``temporal``, ``train`` and ``evaluate.batch_size`` / ``evaluate.chunk_size`` (per-epoch
+validation recall, monitoring only).
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         {"video_id": ids, "caption": [f"a square of video {v}" for v in ids], "split": splits}
     )
     caps.loc[N_TRAIN, "caption"] = EVIL
+    caps.loc[N_TRAIN + 1, "caption"] = "a square rises, then a circle appears"  # states an order
     caps.insert(0, "caption_id", range(len(caps)))
     twins = pd.DataFrame(
         [
@@ -117,7 +118,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ranks = {"zeroshot": zs.pop("ranks"), "discovla": trained.pop("ranks")}
     write_json(metrics / "zeroshot.json", zs)
     write_json(
-        metrics / "retrieval.json", {**trained, "zeroshot": {k: zs[k] for k in ("t2v", "v2t", "twins")}}
+        metrics / "retrieval.json",
+        {**trained, "zeroshot": {k: zs[k] for k in ("t2v", "v2t", "twins", "reversal")}},
     )
     write_recall_curve(metrics / "recall_at_k.csv", ranks)
     curve = [
@@ -242,6 +244,24 @@ def test_confused_twins_show_both_strips_and_scores(run: dict) -> None:
         assert re.search(rf"{kind} twins</h3><p class=\"note\">\d of 2 caption-twin pairs confused", html)
     for card in re.findall(r'<div class="card twin".*?</div></div></div>', html, re.S):
         assert card.count('class="strip"') == 2 and len(re.findall(r": -?\d\.\d{3}", card)) == 2
+
+
+def test_reversal_test_table_and_backwards_panel(run: dict) -> None:
+    html, tr, zs = run["html"], run["trained"], run["zs"]
+    rev = rows_of(html, "metrics-reversal")
+    assert rev[1][1:] == [f"{zs['reversal']['all']:.1f}", f"{tr['reversal']['all']:.1f}"]
+    assert rev[2][0] == "captions that state an order (1)" and zs["reversal"]["ordered_captions"] == 1
+    assert zs["reversal"]["all"] == 50.0  # the frozen mean of frames is order-blind: every caption ties
+    assert '<section id="reversal">' in html
+    cards = re.findall(r'<div class="card reversal" data-higher="(\w+)">(.*?)</div></div>\s*<p', html, re.S)
+    assert len(cards) == 1  # only te1's caption states an order
+    higher, body = cards[0]
+    assert "a square rises, then a circle appears" in body
+    fwd, bwd = (float(x) for x in re.findall(r"wards: (-?\d\.\d{3})", body))
+    assert higher == ("forwards" if fwd > bwd else "backwards") or abs(fwd - bwd) < 1e-3
+    titles = re.findall(r'title="te1: frames \[([\d, ]+)\]', body)
+    assert [t.split(", ") for t in titles] == [["0", "1", "2", "3"], ["3", "2", "1", "0"]][: len(titles)]
+    assert len(titles) == 2
 
 
 def test_text_is_escaped(run: dict) -> None:

@@ -41,3 +41,37 @@ def test_bad_params_raise() -> None:
         sample_specs(params(size=33))
     with pytest.raises(ShapesError, match="frames"):
         sample_specs(params(fps=2, seconds=1.0))
+
+
+def test_static_captions_say_only_what_a_still_shows() -> None:
+    from discovla.data.shapes import frame_captions
+    from discovla.text import states_order
+
+    narrative = ShapesParams(train_videos=12, val_videos=4, test_videos=6, train_captions=3)
+    static = narrative.model_copy(update={"captions": "static"})
+    specs = sample_specs(static)
+    assert specs == sample_specs(narrative)  # the setting changes the captions only, not the videos
+    caps = captions_table(specs, static)
+    assert caps[["video_id", "split"]].equals(captions_table(specs, narrative)[["video_id", "split"]])
+    by_id = {s.video_id: s for s in specs}
+    motion = (
+        "slides",
+        "rises",
+        "sinks",
+        "appears",
+        "vanishes",
+        "turns",
+        "moves",
+        "drifts",
+        "glides",
+        "while",
+    )
+    for vid, grp in caps.groupby("video_id"):
+        spec = by_id[vid]
+        stills = set(frame_captions(spec))
+        assert set(grp.caption) <= stills  # each one is the caption of one of the video's frames
+        assert not any(states_order(c) or any(w in c.split() for w in motion) for c in grp.caption)
+        if spec.split == "test":  # one caption: the middle frame's
+            assert grp.caption.tolist() == [frame_captions(spec)[round((spec.frames - 1) / 2)]]
+        else:
+            assert len(grp) == 3

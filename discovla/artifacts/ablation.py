@@ -21,6 +21,8 @@ LABELS = {
     "full": "Full DiscoVLA (+ AlignDistill), beta = 1, reference scaling",
     "full_detach": "Full DiscoVLA, beta = 1, teacher detached",
     "full_mean": "Full DiscoVLA, beta = 1, AlignDistill with mean KL",
+    "order_module": "Order-aware: full DiscoVLA + temporal module",
+    "order": "Order-aware: full DiscoVLA + temporal module + reversed negatives (weight 10)",
 }
 
 
@@ -35,6 +37,8 @@ TABLE_COLUMNS = {  # summary key -> column heading of the ablation table
     "v2t_R@1": "v2t R@1",
     "content_twin_acc": "content-twin acc",
     "order_twin_acc": "order-twin acc",
+    "reversal_acc": "reversal test",
+    "reversal_ordered_acc": "reversal test (ordered captions)",
     "trainable_parameters": "trained params",
 }
 
@@ -68,6 +72,7 @@ DIAGNOSTICS = {
     "video": "L_video",
     "img": "L_img",
     "distill": "L_distill",
+    "order": "L_order",
 }
 
 

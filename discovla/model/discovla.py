@@ -4,7 +4,8 @@
 CLIP parameter, installs LoRA in every attention layer of both towers *in place* (so the passed ``clip``'s own
 ``encode_image`` / ``encode_text`` become the LoRA-only image-level encoders), and adds IVFusion adapters for
 the last ``vision_layers`` vision blocks and ``text_layers`` text blocks (see :mod:`discovla.model.fusion`).
-Only LoRA A/B, the adapters and (optionally) the temporal key positions train. The frozen CLIP always runs
+Only LoRA A/B, the adapters and (optionally) the temporal key positions and the temporal module
+(:mod:`discovla.model.temporal`, an order-aware extension) train. The frozen CLIP always runs
 in eval mode, whatever ``train()`` says.
 
 Shapes: pixels ``[B, F, 3, H, W]`` (already normalised), tokens ``[N, L]`` with ``L <= context_length``,
@@ -30,13 +31,15 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from discovla.config import FramesParams, FusionParams, LoraParams
+from discovla.config import FramesParams, FusionParams, LoraParams, TemporalParams
 from discovla.errors import DiscoVLAError
 from discovla.losses import video_embedding
 from discovla.model.fusion import FusionLayer, fusion_block_forward
 from discovla.model.lora import install_lora
+from discovla.model.temporal import TemporalModule
 
 _LORA, _FUSION, _FRAMES = LoraParams(), FusionParams(), FramesParams()  # defaults: discovla/config.py
+_TEMPORAL = TemporalParams()
 
 
 class AdapterStateError(DiscoVLAError, ValueError):
@@ -55,6 +58,11 @@ class DiscoVLAConfig:
     adapter_dim: int = _FUSION.adapter_dim
     temporal_position: bool = _FUSION.temporal_position
     num_frames: int = _FRAMES.num_frames
+    temporal_module: bool = (
+        _TEMPORAL.module
+    )  # order-aware extension (discovla.model.temporal), off: the paper
+    temporal_width: int = _TEMPORAL.width
+    temporal_layers: int = _TEMPORAL.layers
 
 
 class DiscoVLA(nn.Module):
@@ -72,6 +80,14 @@ class DiscoVLA(nn.Module):
         hv, ht = (cfg.vision_layers, cfg.text_layers) if cfg.fusion else (0, 0)
         self.vision_fusion = self._fusion_layers(clip.visual.transformer.resblocks, hv)
         self.text_fusion = self._fusion_layers(clip.transformer.resblocks, ht)
+        # built last, and only when asked: the faithful model draws exactly the paper model's initial weights
+        self.temporal = (
+            TemporalModule(_embed_dim(clip), cfg.num_frames, cfg.temporal_width, cfg.temporal_layers).to(
+                clip.logit_scale.device
+            )
+            if cfg.temporal_module
+            else None
+        )
         self._trainable = [n for n, p in self.named_parameters() if p.requires_grad]
         self._activation_checkpointing = False
         self.clip.eval()
@@ -215,10 +231,20 @@ class DiscoVLA(nn.Module):
         return self._text_head(x, pos).view(b, f, -1)
 
     # ---- misc ----------------------------------------------------------------------------------------
-    @staticmethod
-    def video_embedding(frame_feats: Tensor) -> Tensor:
-        """``[B, F, E] -> [B, E]`` = normalise(mean_f normalise(frame_feats))."""
-        return video_embedding(frame_feats)
+    @property
+    def order_blind(self) -> bool:
+        """Whether a video and its time reversal get the same embedding by construction (the paper's model:
+        no temporal module, no frame positions in the video-level attention)."""
+        return self.temporal is None and not self.cfg.temporal_position
+
+    def video_features(self, frame_feats: Tensor) -> Tensor:
+        """``[B, F, E] -> [B, F, E]``: the frame features the video feature is pooled from (through the
+        temporal module when there is one; PImgAlign uses the frame features themselves)."""
+        return frame_feats if self.temporal is None else self.temporal(frame_feats)
+
+    def video_embedding(self, frame_feats: Tensor) -> Tensor:
+        """``[B, F, E] -> [B, E]`` = normalise(mean_f normalise(video_features(frame_feats)))."""
+        return video_embedding(self.video_features(frame_feats))
 
     @property
     def logit_scale(self) -> float:
@@ -261,6 +287,12 @@ class DiscoVLA(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """The :class:`DiscoVLAConfig` as a JSON-able dict."""
         return dataclasses.asdict(self.cfg)
+
+
+def _embed_dim(clip: open_clip.CLIP) -> int:
+    """Width of the projected (joint) embedding space."""
+    proj = clip.visual.proj
+    return int(proj.shape[1]) if proj is not None else int(clip.visual.transformer.width)
 
 
 def _check_clip(clip: nn.Module, cfg: DiscoVLAConfig) -> None:

@@ -137,6 +137,29 @@ def _qualitative(
     )
 
 
+def _reversal(
+    metrics: dict[str, Any], cases: list[dict[str, Any]], strips: dict[str, Any], backwards: dict[str, Any]
+) -> str:
+    rev = metrics.get("retrieval", {}).get("reversal") or {}
+    summary = ""
+    if rev:
+        ordered = (
+            f", {rev['ordered']:.1f}% on the {rev['ordered_captions']} that state an order"
+            if rev.get("ordered") is not None
+            else ""
+        )
+        summary = (
+            f" Reversal test (metrics/retrieval.json): {rev['all']:.1f}% of {rev['captions']} captions"
+            f"{ordered}."
+        )
+    text = (
+        "Captions that state an order, each scored against its own video as it plays and against the same "
+        "frames in reverse order (both strips read left to right). A model blind to frame order scores "
+        "both alike." + summary
+    )
+    return note(text) + ql.reversal_html(cases, strips, backwards)
+
+
 def build_report(
     metrics_dir: str | Path,
     frames_dir: str | Path,
@@ -164,7 +187,12 @@ def build_report(
     confusions = ql.twin_confusions(scores, num_queries)
     shown = {v for q in sample + worst for v in [q.video_id, *(t[0] for t in q.top)]}
     shown |= {v for c in confusions.values() for w in c["worst"] for v in (w[1], w[3])}
+    backwards_cases = ql.reversal_cases(scores, num_queries, seed)
+    shown |= {c["video_id"] for c in backwards_cases}
     strips = ql.frame_strips(frames_dir, shown, per_video=strip_frames)
+    backwards = ql.frame_strips(
+        frames_dir, {c["video_id"] for c in backwards_cases}, per_video=strip_frames, reverse=True
+    )
 
     ident, facts = identity_section(params, info, features.meta, metrics, Path(repo))
     sections = [
@@ -175,6 +203,10 @@ def build_report(
     if confusions:
         reported = metrics.get("retrieval", {}).get("twins", {})
         sections.append(("twins", "Twins the model confuses", ql.twins_html(confusions, reported, strips)))
+    if backwards_cases:
+        sections.append(
+            ("reversal", "Played backwards", _reversal(metrics, backwards_cases, strips, backwards))
+        )
     if "ablation" in metrics:
         sections.append(
             ("ablation", "Ablation (metrics/ablation.json)", ablation_section(metrics["ablation"]))

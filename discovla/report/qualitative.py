@@ -19,10 +19,11 @@ import torch
 
 from discovla.artifacts.features import Features, FeaturesError
 from discovla.artifacts.frames import read_frame_images
-from discovla.evaluate import embed_split, twin_pairs
+from discovla.evaluate import embed_split, embed_videos, twin_pairs
 from discovla.images import encode_png
 from discovla.report.page import Raw, esc, img, note
 from discovla.retrieval import retrieval_metrics
+from discovla.text import states_order
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SplitScores:
     target: np.ndarray  # [C] position in video_ids of each caption's own video
     ranks: np.ndarray  # [C] 1-based t2v rank of the own video
     twins: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)  # kind: (caption, own, twin)
+    reversed: torch.Tensor | None = None  # [V, D] normalised: each video with its frames in reverse order
 
 
 @dataclass
@@ -63,6 +65,7 @@ def score_split(
         raise FeaturesError(f"the feature cache has no {split} captions or videos: nothing to show")
     model.eval()
     text, video = embed_split(model, features, split, batch_size, device)
+    backwards = embed_videos(model, features, split, batch_size, device, reverse=True)
     vids = features.split_videos(split)
     caps = features.split_captions(split)
     local = {int(v): i for i, v in enumerate(vids)}
@@ -81,6 +84,7 @@ def score_split(
         target=target,
         ranks=np.asarray(ranks),
         twins={k: v for k, v in twins.items() if v},
+        reversed=backwards,
     )
 
 
@@ -151,12 +155,66 @@ def twin_confusions(scores: SplitScores, n: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def reversal_cases(scores: SplitScores, n: int, seed: int, tie_tol: float = 1e-5) -> list[dict[str, Any]]:
+    """``n`` captions that state an order (a seeded sample, in caption order; all captions when none
+    does), each with its own video's score played forwards and backwards (the frames reversed), and which
+    won (a difference within ``tie_tol`` is a tie, as :func:`discovla.retrieval.reversal_accuracy`)."""
+    if scores.reversed is None or len(scores.captions) == 0:
+        return []
+    texts = scores.captions.caption.astype(str).tolist()
+    rows = [i for i, c in enumerate(texts) if states_order(c)] or list(range(len(texts)))
+    rng = np.random.default_rng(seed)
+    picks = sorted(int(r) for r in rng.choice(rows, size=min(n, len(rows)), replace=False))
+    out = []
+    for r in picks:
+        own = int(scores.target[r])
+        t = scores.text[r].double()
+        fwd, bwd = float(t @ scores.video[own].double()), float(t @ scores.reversed[own].double())
+        outcome = "tie" if abs(fwd - bwd) <= tie_tol else ("forwards" if fwd > bwd else "backwards")
+        out.append(
+            {
+                "caption": texts[r],
+                "video_id": scores.video_ids[own],
+                "forwards": fwd,
+                "backwards": bwd,
+                "higher": outcome,
+            }
+        )
+    return out
+
+
+def reversal_html(cases: list[dict[str, Any]], strips: dict[str, Strip], backwards: dict[str, Strip]) -> Raw:
+    """Each case: the caption, its video's frames forwards and backwards, both scores, which won."""
+    cards = []
+    for c in cases:
+        won = {
+            "forwards": "the video as it plays",
+            "backwards": "the reversed video",
+            "tie": "neither (a tie)",
+        }
+        cards.append(
+            f'<div class="card reversal" data-higher="{c["higher"]}">'
+            f'<p class="caption">“{esc(c["caption"])}”</p>'
+            f'<div class="pair"><div class="own"><p>forwards: {c["forwards"]:.3f}</p>'
+            f"{strip_html(strips, c['video_id'])}</div>"
+            f'<div class="other"><p>backwards: {c["backwards"]:.3f}</p>'
+            f"{strip_html(backwards, c['video_id'])}</div></div>"
+            f'<p class="note">scored higher: {won[c["higher"]]}</p></div>'
+        )
+    return Raw('<div class="cards">' + "".join(cards) + "</div>")
+
+
 def frame_strips(
-    frames_dir: str | Path, video_ids: set[str], per_video: int = 4, min_height: int = 64
+    frames_dir: str | Path,
+    video_ids: set[str],
+    per_video: int = 4,
+    min_height: int = 64,
+    reverse: bool = False,
 ) -> dict[str, Strip]:
     """For each of ``video_ids`` found in the frames store: ``per_video`` of its sampled frames, evenly
     spaced, side by side in one PNG (2-pixel gaps), enlarged by a whole factor (nearest neighbour) to at
-    least ``min_height`` pixels high. Videos the store lacks are left out."""
+    least ``min_height`` pixels high; with ``reverse`` the last frame first (the video played backwards).
+    Videos the store lacks are left out."""
     keys, batch = read_frame_images(frames_dir, video_ids)  # only the shown videos' rows are read
     if keys.empty:
         return {}
@@ -164,7 +222,7 @@ def frame_strips(
     for vid, grp in keys.groupby("video_id", sort=False):
         frames = sorted(int(f) for f in grp.frame)
         picks = np.unique(np.linspace(0, len(frames) - 1, max(1, per_video)).round().astype(int))
-        chosen[str(vid)] = [frames[i] for i in picks]
+        chosen[str(vid)] = [frames[i] for i in picks][:: -1 if reverse else 1]
     stamps = {
         (str(v), int(f)): float(t) for v, f, t in zip(keys.video_id, keys.frame, keys.timestamp, strict=True)
     }

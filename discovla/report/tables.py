@@ -105,6 +105,24 @@ def retrieval_section(metrics: dict[str, Any]) -> str:
                 "content: the same story with one detail changed), in percent; chance is 50."
             ),
         ]
+    revs = {name: block.get("reversal") for name, block in plain.items() if block.get("reversal")}
+    if revs:
+        rows = []
+        for key, what in (("all", "all test captions"), ("ordered", "captions that state an order")):
+            vals = [revs.get(n, {}).get(key) for n in plain]
+            n_key = "captions" if key == "all" else "ordered_captions"
+            count = next(iter(revs.values()))[n_key]
+            rows.append([f"{what} ({count})", *vals])
+        parts += [
+            "<h3>Reversal test</h3>",
+            table(["captions", *plain], rows, table_id="metrics-reversal"),
+            note(
+                "How often a caption scores its own video above the same video played backwards (its frames "
+                "in reverse order), in percent; ties count one half, so an order-blind model scores 50. "
+                "Order-stating captions contain a word such as then, after, before, first or finally "
+                "(discovla/text.py: ORDER_WORDS)."
+            ),
+        ]
     return "".join(parts)
 
 

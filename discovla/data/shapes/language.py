@@ -210,6 +210,24 @@ def video_captions(spec: VideoSpec, rng: np.random.Generator, n: int = 1) -> lis
     return caps
 
 
+def static_captions(spec: VideoSpec, n: int = 1) -> list[str]:
+    """``n`` captions that say only what a single still of the video shows (``shapes.captions: static``):
+    the still caption of the frame at ``(k + 1) / (n + 1)`` of the video (the middle frame for one caption),
+    the nearest frame with a visible object if that one has none. No motion, no event, no order: the regime
+    of appearance-level captions, where an image-level teacher can express the caption. Repeats are kept, so
+    every video keeps ``n`` (video, caption) pairs, as in the narrative world."""
+    objects_at = [frame_objects(spec, t) for t in range(spec.frames)]
+    shown = [t for t, objs in enumerate(objects_at) if objs]
+    if not shown:
+        raise ShapesError(f"video {spec.video_id} shows no object in any frame")
+    caps = []
+    for k in range(n):
+        want = round((k + 1) * (spec.frames - 1) / (n + 1))
+        t = min(shown, key=lambda f: (abs(f - want), f))
+        caps.append(still_caption(objects_at[t]))
+    return caps
+
+
 def caption_agreement(predicted: Sequence[str], truth: Sequence[str]) -> dict[str, Any]:
     """Exact-match rate and, per attribute, the fraction of captions whose set of words equals the truth's.
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from discovla.config import ShapesParams
-from discovla.data.shapes.language import frame_captions, still_caption, video_captions
+from discovla.data.shapes.language import frame_captions, static_captions, still_caption, video_captions
 from discovla.data.shapes.sampling import SPLIT_KEYS, sample_specs, video_rng
 from discovla.data.shapes.scene import ShapesError, sample_still
 from discovla.data.shapes.video import VideoSpec, render_video
@@ -100,12 +100,14 @@ def _make_video(task: tuple[VideoSpec, str]) -> tuple[str, list[str]]:
 
 
 def captions_table(specs: Sequence[VideoSpec], params: ShapesParams) -> pd.DataFrame:
-    """``video_id, caption, split``: ``train_captions`` paraphrases per train/val video, one per test one."""
+    """``video_id, caption, split``: ``train_captions`` captions per train/val video, one per test one;
+    narrative paraphrases, or with ``captions: static`` what stills of the video show."""
     rows = []
     for spec in specs:
         rng = video_rng(params.seed, spec.split, int(spec.video_id[len(spec.split) :]), 1)
         n = 1 if spec.split == "test" else params.train_captions
-        rows += [(spec.video_id, cap, spec.split) for cap in video_captions(spec, rng, n)]
+        caps = static_captions(spec, n) if params.captions == "static" else video_captions(spec, rng, n)
+        rows += [(spec.video_id, cap, spec.split) for cap in caps]
     return pd.DataFrame(rows, columns=["video_id", "caption", "split"])
 
 
