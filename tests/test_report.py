@@ -148,6 +148,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_json(metrics / "frames.json", {"videos": len(ids), "skipped": 0})
     write_json(metrics / "info" / "shapes.json", {"seed": 42, "seconds": 3.0})  # a stage with run info only
     write_json(metrics / "ablation.json", ABLATION)
+    write_json(metrics / "ablation_static.json", {**ABLATION, "captions": "static"})
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     paths = {
         "metrics_dir": metrics,
@@ -202,6 +203,8 @@ def test_metrics_tables_show_the_metrics_files_numbers(run: dict) -> None:
     ablation = rows_of(html, "ablation")
     assert row(ablation, "LoRA only")[1] == "13.3 ± 2.1" and row(ablation, "LoRA only")[-1] == "20,480"
     assert row(ablation, "Zero-shot (frozen CLIP, mean of frames)")[1:3] == ["6.0", "–"]
+    assert rows_of(html, "ablation-static") == ablation  # the static-caption world's table, its own section
+    assert '<section id="ablation-static">' in html
 
 
 def test_every_image_is_an_inline_png_and_nothing_is_fetched(run: dict) -> None:

@@ -211,6 +211,11 @@ def build_report(
         sections.append(
             ("ablation", "Ablation (metrics/ablation.json)", ablation_section(metrics["ablation"]))
         )
+    if "ablation_static" in metrics:  # discovla ablate --captions static --out metrics/ablation_static.json
+        title = "Ablation, static captions (metrics/ablation_static.json)"
+        sections.append(
+            ("ablation-static", title, ablation_section(metrics["ablation_static"], "ablation-static"))
+        )
     sections.append(("run", "Run identity", ident))
     others = other_metrics_section(metrics)
     if others:

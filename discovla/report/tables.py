@@ -155,13 +155,13 @@ def _mean_std(cell: dict[str, Any] | None, key: str) -> object:
     return float(cell["mean"])
 
 
-def ablation_section(ablation: dict[str, Any]) -> str:
+def ablation_section(ablation: dict[str, Any], table_id: str = "ablation") -> str:
     """The ablation summary (mean ± sample std over seeds) and, folded, its per-epoch diagnostics."""
     summary = ablation.get("summary", {})
     rows = [[label(v), *[_mean_std(m.get(k), k) for k in TABLE_COLUMNS]] for v, m in summary.items()]
     seeds = ", ".join(str(s) for s in ablation.get("seeds", []))
     parts = [
-        table(["variant", *TABLE_COLUMNS.values()], rows, table_id="ablation"),
+        table(["variant", *TABLE_COLUMNS.values()], rows, table_id=table_id),
         note(
             f"Test split, last epoch; seeds {seeds}; {ablation.get('epochs', '?')} epochs; "
             f"sampling {ablation.get('sampling', '?')}. Mean ± sample standard deviation over seeds."
@@ -176,7 +176,7 @@ def ablation_section(ablation: dict[str, Any]) -> str:
     if diag:
         head = ["variant", "epoch", *DIAGNOSTICS.values()]
         parts.append(
-            details("Per epoch, mean over seeds", table(head, diag, table_id="ablation-epochs", digits=3))
+            details("Per epoch, mean over seeds", table(head, diag, table_id=f"{table_id}-epochs", digits=3))
         )
     return "".join(parts)
 
