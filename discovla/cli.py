@@ -162,6 +162,9 @@ def index_videos(
         ..., help="Index directory to write; re-running embeds only new or changed files."
     ),
     adapters: str = typer.Option("models/discovla", help="Trained adapters (train stage)."),
+    pretrained: str | None = typer.Option(
+        None, help="The base CLIP's weights (open_clip tag or checkpoint path); default: the adapters' own."
+    ),
     zeroshot: bool = typer.Option(False, "--zeroshot", help="Frozen CLIP only (mean of frame embeddings)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, min=1, help="Videos per forward pass."),
@@ -175,7 +178,7 @@ def index_videos(
     from discovla.indexing import index_folder, summarise_skipped
     from discovla.retriever import Retriever
 
-    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot)
+    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot, pretrained=pretrained)
     report = index_folder(
         retriever,
         folder,
@@ -216,6 +219,9 @@ def search(
         f"the feature cache into {DEFAULT_SPLIT_INDEX} (-zeroshot with --zeroshot).",
     ),
     adapters: str = typer.Option("models/discovla", help="Trained adapters (train stage)."),
+    pretrained: str | None = typer.Option(
+        None, help="The base CLIP's weights (open_clip tag or checkpoint path); default: the adapters' own."
+    ),
     zeroshot: bool = typer.Option(False, "--zeroshot", help="Frozen CLIP only (mean of frame embeddings)."),
     features: str = typer.Option("data/features", help="Feature cache, for the default index."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -224,7 +230,7 @@ def search(
     from discovla.indexing import ensure_split_index
     from discovla.retriever import Retriever
 
-    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot)
+    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot, pretrained=pretrained)
     if index is None:
         target = DEFAULT_SPLIT_INDEX + ("-zeroshot" if zeroshot else "")
         vindex, why = ensure_split_index(retriever, features, target, "test", paths=_dataset_paths)

@@ -122,6 +122,20 @@ def test_adapters_copied_alone_load_with_the_base_named_and_rank_the_same(
                      trained["features"])  # fmt: skip
     assert not all(np.array_equal(zs[d], want[d]) for d in ("t2v", "v2t"))  # the adapters did something
 
+    # the command line: one error line naming the option, then the same directory with the base named
+    from helpers.search import make_clip
+    from typer.testing import CliRunner
+
+    from discovla.cli import app
+
+    make_clip(tmp_path / "videos" / "red.mp4", "red")
+    args = ["index", str(tmp_path / "videos"), "--out", str(tmp_path / "index"), "--adapters", str(shared)]
+    res = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert res.exit_code == 2 and "--pretrained" in res.stderr, (res.stdout, res.stderr)
+    res = CliRunner().invoke(app, [*args, "--device", "cpu", "--pretrained", str(trained["ckpt"])])
+    assert res.exit_code == 0, (res.stdout, res.stderr, res.exception)
+    assert "indexed 1 videos" in res.stdout
+
 
 def test_other_base_weights_are_refused(
     trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
