@@ -151,6 +151,39 @@ def ablate(
     typer.echo(Path(out).with_suffix(".md").read_text())
 
 
+@app.command("pr-summary")
+@exits_on_error
+def pr_summary(
+    base: str = typer.Option("main", help="Base revision: the pull request's target (main, origin/main)."),
+    head: str | None = typer.Option(
+        None, help="Head revision; default: the working tree (after `dvc repro`: a fresh run, checked)."
+    ),
+    out: str | None = typer.Option(None, help="Markdown file to write; default: print the comment."),
+    images: str | None = typer.Option(
+        None, help="Directory for the changed plots' PNGs; default: pr-plots/ next to --out (none without)."
+    ),
+    repo: str = typer.Option(".", help="The DVC repository."),
+) -> None:
+    """Write the pull-request comment: params that changed, metrics with old, new and delta (t2v/v2t R@1,
+    R@5, MdR, twins; the ablation rows that changed; the rest folded), the changed plots as images, and
+    whether the numbers are a fresh run of this checkout (`dvc status`). Reads what `dvc params diff`,
+    `dvc metrics diff` and `dvc plots diff` read. The CI workflow posts it with CML (`cml comment create`).
+    """
+    from pathlib import Path
+
+    from discovla.io import write_text
+    from discovla.pr_summary import pr_summary as summarise
+
+    if images is None and out is not None:
+        images = str(Path(out).parent / "pr-plots")
+    text = summarise(repo, base, head, images_dir=images, link_base=Path(out).parent if out else None)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_text(out, text)
+        typer.echo(f"wrote {out}")
+
+
 DEFAULT_SPLIT_INDEX = "data/index/test"
 
 
