@@ -63,7 +63,8 @@ def card_metadata(
     """The card's front matter. ``metrics``: validation recall of the last epoch (``val_t2v_R@1``,
     ``val_v2t_R@1``; others are ignored); ``params``: params sections by name."""
     name, _, terms = DATASETS.get(dataset, (dataset, dataset, "unknown"))
-    base = f"{backbone}/{pretrained}" if pretrained else backbone
+    local = bool(pretrained) and (Path(pretrained).suffix != "" or "/" in pretrained)
+    base = f"{backbone}/{pretrained}" if pretrained and not local else backbone  # open_clip name/tag
     results = []
     for key, task, title in (
         ("val_t2v_R@1", "text-to-video-retrieval", "Text-to-video retrieval"),
@@ -149,7 +150,9 @@ def render_card(meta: dict[str, Any]) -> str:
             "## License",
             "",
             f"`license: other`. The adapters derive from the training data, whose terms apply: "
-            f"{d['dataset_terms']}. OpenAI's CLIP weights are MIT-licensed; the frozen CLIP is not included.",
+            f"{d['dataset_terms']}. The frozen CLIP is not included; its weights keep their own terms "
+            "(OpenAI's CLIP weights, the `openai` tag: MIT; the shapes world's tiny CLIP is pretrained by "
+            "this project).",
             "",
             "## Training",
             "",
