@@ -7,6 +7,7 @@ is a local directory, the same commands as for S3, GCS or SSH."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ PRIVATE = "import pathlib; pathlib.Path('private.txt').write_text('licensed fram
 
 
 def _run(cwd: Path, *args: str) -> str:
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}  # no usage reports from a test
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     assert done.returncode == 0, (args, done.stdout, done.stderr)
     return done.stdout
 

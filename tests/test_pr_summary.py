@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,14 @@ json.dump({"checkpoint_key": f"key-{lr}", "epochs": 2}, open(m / "train.json", "
 rows = "".join(f"{k},{min(100, r1 * k)}\\n" for k in (1, 2, 5))
 open(m / "recall_at_k.csv", "w").write("k,discovla_t2v\\n" + rows)
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_analytics() -> Iterator[None]:
+    """No DVC usage reports from the test repositories (`dvc plots diff` runs DVC's command line)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DVC_NO_ANALYTICS", "1")
+        yield
 
 
 def _ablation(lora_r1: float) -> dict:
@@ -61,7 +70,7 @@ def _commit(root: Path, lr: float, lora_r1: float, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def prrepo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def prrepo(tmp_path_factory: pytest.TempPathFactory, _no_analytics: None) -> Path:
     """main: lr 0.1; branch pr (checked out): lr 0.2 and a changed LoRA row of the ablation."""
     from dvc.repo import Repo
 
