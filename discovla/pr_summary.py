@@ -4,7 +4,8 @@ Everything comes from DVC, nothing is parsed from text:
 
 - params: ``Repo.params.diff`` (what ``dvc params diff --json`` prints);
 - metrics: ``Repo.metrics.diff`` over the metrics declared in ``dvc.yaml`` (``dvc metrics diff --json``), and
-  over the ablation table's ``metrics/ablation.json`` as a target (``dvc metrics diff --targets``);
+  over the ablation tables (``metrics/ablation.json``, and ``metrics/ablation_static.json`` when there is
+  one) as targets (``dvc metrics diff --targets``);
 - plots: ``dvc plots diff --json`` (the rendered Vega-Lite data of each plot, per revision); a plot whose
   data changed is drawn as a PNG next to the comment (base dashed, head solid), which CML's ``cml comment
   create`` uploads;
@@ -38,7 +39,7 @@ from discovla.io import read_json
 
 RETRIEVAL = "metrics/retrieval.json"
 TRAIN = "metrics/train.json"
-ABLATION = "metrics/ablation.json"
+ABLATIONS = ("metrics/ablation.json", "metrics/ablation_static.json")  # `discovla ablate` (--captions static)
 HEADLINE = {  # metrics/retrieval.json key -> row name (MdR: lower is better)
     "t2v.R@1": "t2v R@1",
     "t2v.R@5": "t2v R@5",
@@ -60,13 +61,13 @@ class PRSummaryError(DiscoVLAError, RuntimeError):
 @dataclass
 class Diffs:
     """What DVC reports between ``base`` and ``head``: ``{file: {key: {"old", "new", "diff"?}}}`` for
-    params, metrics and the ablation table; the changed plots (:class:`PlotChange`)."""
+    params, metrics and each ablation table (by file); the changed plots (:class:`PlotChange`)."""
 
     base: str
     head: str | None
     params: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     metrics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    ablation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ablation: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     plots: list[PlotChange] = field(default_factory=list)
 
     @property
@@ -177,13 +178,13 @@ def collect(root: str | Path, base: str, head: str | None = None) -> Diffs:
     with _repo(root) as repo:
         diffs.params = _diff(repo.params.diff, "params", a_rev=base, b_rev=head or WORKSPACE)
         diffs.metrics = _diff(repo.metrics.diff, "metrics", a_rev=base, b_rev=head or WORKSPACE)
-        if ABLATION not in diffs.metrics:
-            ablation = _diff(
-                repo.metrics.diff, "metrics", a_rev=base, b_rev=head or WORKSPACE, targets=[ABLATION]
+        targets = [a for a in ABLATIONS if a not in diffs.metrics]  # not declared as metrics in dvc.yaml
+        if targets:  # a file absent from both revisions is only an error entry, left out
+            diffs.ablation = _diff(
+                repo.metrics.diff, "metrics", a_rev=base, b_rev=head or WORKSPACE, targets=targets
             )
-            diffs.ablation = ablation.get(ABLATION, {})
-        else:
-            diffs.ablation = diffs.metrics.pop(ABLATION)
+        diffs.ablation.update({a: diffs.metrics.pop(a) for a in ABLATIONS if a in diffs.metrics})
+        diffs.ablation = {a: d for a, d in diffs.ablation.items() if d}
     diffs.plots = changed_plots(plots_diff_json(root, base, head), skip=_named_plot_files(root))
     return diffs
 
@@ -316,7 +317,7 @@ def draw_plot(plot: PlotChange, base: str, path: Path) -> Path:
 def render(diffs: Diffs, fresh: str, images: dict[str, str] | None = None) -> str:
     """The comment's Markdown. ``images``: plot name -> image path or URL (else the plot is named only)."""
     title = f"`{diffs.head_name}` vs `{diffs.base}`"
-    changed_metrics = any(diffs.metrics.values()) or bool(diffs.ablation)
+    changed_metrics = any(diffs.metrics.values()) or any(diffs.ablation.values())
     if not (changed_metrics or any(diffs.params.values()) or diffs.plots):
         return f"**DiscoVLA** {title}: {NO_CHANGE} (nor any param or plot). {fresh}\n"
     lines = [f"## DiscoVLA: {title}", "", fresh, ""]
@@ -334,12 +335,13 @@ def render(diffs: Diffs, fresh: str, images: dict[str, str] | None = None) -> st
         lines += _table(["metric", diffs.base, diffs.head_name, "Δ"], head_rows, right=3) + [""]
     elif changed_metrics:
         lines += ["Headline retrieval metrics (t2v/v2t R@1, R@5, MdR, twins) unchanged.", ""]
-    ablation = _ablation_rows(diffs.ablation)
-    if ablation:
-        intro = (
-            f"Ablation rows that changed (`{ABLATION}`, mean over seeds, {diffs.base} → {diffs.head_name}):"
-        )
-        lines += [intro, "", *ablation, ""]
+    for name in ABLATIONS:
+        ablation = _ablation_rows(diffs.ablation.get(name, {}))
+        if ablation:
+            intro = (
+                f"Ablation rows that changed (`{name}`, mean over seeds, {diffs.base} → {diffs.head_name}):"
+            )
+            lines += [intro, "", *ablation, ""]
     others = [
         [f"`{f}`", f"`{k}`", _fmt(e.get("old")), _fmt(e.get("new")), _delta(e)]
         for f, entries in sorted(diffs.metrics.items())
@@ -367,8 +369,8 @@ def render(diffs: Diffs, fresh: str, images: dict[str, str] | None = None) -> st
         lines += [f"**{plot.name}** ({diffs.base} dashed, {diffs.head_name} solid)", ""]
         lines += [f"![{plot.name}]({where})" if where else f"`dvc plots diff {diffs.base}` shows it.", ""]
     lines += [
-        f"<sub>From DVC: `dvc params diff`, `dvc metrics diff` (and `--targets {ABLATION}`), "
-        f"`dvc plots diff --json`, `dvc status`; written by `discovla pr-summary`.</sub>",
+        "<sub>From DVC: `dvc params diff`, `dvc metrics diff` (and `--targets` the ablation tables), "
+        "`dvc plots diff --json`, `dvc status`; written by `discovla pr-summary`.</sub>",
         "",
     ]
     return "\n".join(lines)

@@ -57,12 +57,14 @@ def _git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
-def _commit(root: Path, lr: float, lora_r1: float, message: str) -> None:
+def _commit(root: Path, lr: float, lora_r1: float, message: str, static_r1: float | None = None) -> None:
     from dvc.repo import Repo
 
     (root / "params.yaml").write_text(yaml.safe_dump({"train": {"lr": lr, "epochs": 2}}))
     (root / "metrics").mkdir(exist_ok=True)
     (root / "metrics" / "ablation.json").write_text(json.dumps(_ablation(lora_r1)))
+    if static_r1 is not None:  # the static-caption ablation, new in the PR
+        (root / "metrics" / "ablation_static.json").write_text(json.dumps(_ablation(static_r1)))
     with contextlib.chdir(root), Repo(".") as repo:  # DVC resolves dvc.yaml against the working directory
         repo.reproduce()
     _git(root, "add", "-A")
@@ -71,7 +73,8 @@ def _commit(root: Path, lr: float, lora_r1: float, message: str) -> None:
 
 @pytest.fixture(scope="module")
 def prrepo(tmp_path_factory: pytest.TempPathFactory, _no_analytics: None) -> Path:
-    """main: lr 0.1; branch pr (checked out): lr 0.2 and a changed LoRA row of the ablation."""
+    """main: lr 0.1; branch pr (checked out): lr 0.2, a changed LoRA row of the ablation and a new
+    static-caption ablation."""
     from dvc.repo import Repo
 
     root = tmp_path_factory.mktemp("prrepo")
@@ -99,7 +102,7 @@ def prrepo(tmp_path_factory: pytest.TempPathFactory, _no_analytics: None) -> Pat
     (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     _commit(root, 0.1, 13.0, "base")
     _git(root, "checkout", "-qb", "pr")
-    _commit(root, 0.2, 14.2, "a change")
+    _commit(root, 0.2, 14.2, "a change", static_r1=9.5)
     return root
 
 
@@ -114,12 +117,16 @@ def test_comment_tables_hold_old_new_and_delta(prrepo: Path, tmp_path: Path) -> 
         "| order-twin acc | 51 | 52 | +1 |",
         "| `train.lr` | 0.1 | 0.2 |",
         "| LoRA only | 13 → 14.2 (+1.2) |",
+        "Ablation rows that changed (`metrics/ablation_static.json`, mean over seeds, main → workspace):",
+        "| LoRA only | – → 9.5 | – → 16 |",
         "| `metrics/train.json` | `checkpoint_key` | `key-0.1` | `key-0.2` | – |",
     ):
         assert row in text, row
     # unchanged metrics, params and ablation rows are not listed
-    for absent in ("v2t R@1", "content-twin acc", "train.epochs", "Full DiscoVLA"):
+    for absent in ("\n| v2t R@1 |", "content-twin acc", "train.epochs"):
         assert absent not in text, absent
+    ablation = text.split("`metrics/ablation.json`", 1)[1].split("`metrics/ablation_static.json`", 1)[0]
+    assert "Full DiscoVLA" not in ablation  # its row did not change
     # the changed plot, drawn once (the stage's own entry for the same file is the named plot's data)
     assert "![recall_at_k](plots/recall_at_k.png)" in text
     assert (tmp_path / "plots" / "recall_at_k.png").stat().st_size > 1000
