@@ -151,6 +151,39 @@ def ablate(
     typer.echo(Path(out).with_suffix(".md").read_text())
 
 
+@app.command("pr-summary")
+@exits_on_error
+def pr_summary(
+    base: str = typer.Option("main", help="Base revision: the pull request's target (main, origin/main)."),
+    head: str | None = typer.Option(
+        None, help="Head revision; default: the working tree (after `dvc repro`: a fresh run, checked)."
+    ),
+    out: str | None = typer.Option(None, help="Markdown file to write; default: print the comment."),
+    images: str | None = typer.Option(
+        None, help="Directory for the changed plots' PNGs; default: pr-plots/ next to --out (none without)."
+    ),
+    repo: str = typer.Option(".", help="The DVC repository."),
+) -> None:
+    """Write the pull-request comment: params that changed, metrics with old, new and delta (t2v/v2t R@1,
+    R@5, MdR, twins; the ablation rows that changed; the rest folded), the changed plots as images, and
+    whether the numbers are a fresh run of this checkout (`dvc status`). Reads what `dvc params diff`,
+    `dvc metrics diff` and `dvc plots diff` read. The CI workflow posts it with CML (`cml comment create`).
+    """
+    from pathlib import Path
+
+    from discovla.io import write_text
+    from discovla.pr_summary import pr_summary as summarise
+
+    if images is None and out is not None:
+        images = str(Path(out).parent / "pr-plots")
+    text = summarise(repo, base, head, images_dir=images, link_base=Path(out).parent if out else None)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_text(out, text)
+        typer.echo(f"wrote {out}")
+
+
 DEFAULT_SPLIT_INDEX = "data/index/test"
 
 
@@ -162,6 +195,9 @@ def index_videos(
         ..., help="Index directory to write; re-running embeds only new or changed files."
     ),
     adapters: str = typer.Option("models/discovla", help="Trained adapters (train stage)."),
+    pretrained: str | None = typer.Option(
+        None, help="The base CLIP's weights (open_clip tag or checkpoint path); default: the adapters' own."
+    ),
     zeroshot: bool = typer.Option(False, "--zeroshot", help="Frozen CLIP only (mean of frame embeddings)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(16, min=1, help="Videos per forward pass."),
@@ -175,7 +211,7 @@ def index_videos(
     from discovla.indexing import index_folder, summarise_skipped
     from discovla.retriever import Retriever
 
-    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot)
+    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot, pretrained=pretrained)
     report = index_folder(
         retriever,
         folder,
@@ -216,6 +252,9 @@ def search(
         f"the feature cache into {DEFAULT_SPLIT_INDEX} (-zeroshot with --zeroshot).",
     ),
     adapters: str = typer.Option("models/discovla", help="Trained adapters (train stage)."),
+    pretrained: str | None = typer.Option(
+        None, help="The base CLIP's weights (open_clip tag or checkpoint path); default: the adapters' own."
+    ),
     zeroshot: bool = typer.Option(False, "--zeroshot", help="Frozen CLIP only (mean of frame embeddings)."),
     features: str = typer.Option("data/features", help="Feature cache, for the default index."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -224,7 +263,7 @@ def search(
     from discovla.indexing import ensure_split_index
     from discovla.retriever import Retriever
 
-    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot)
+    retriever = Retriever.load(adapters, device=device, zeroshot=zeroshot, pretrained=pretrained)
     if index is None:
         target = DEFAULT_SPLIT_INDEX + ("-zeroshot" if zeroshot else "")
         vindex, why = ensure_split_index(retriever, features, target, "test", paths=_dataset_paths)

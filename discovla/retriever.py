@@ -2,8 +2,10 @@
 
 :meth:`Retriever.load` reads ``config.json`` next to ``adapters.safetensors`` (written by the train stage:
 backbone, pretrained weights, context length and the model config), builds the frozen backbone and puts the
-adapters on it. ``zeroshot=True`` keeps the frozen CLIP only. Embeddings are computed exactly as the
-evaluate stage computes them (:mod:`discovla.evaluate`):
+adapters on it. The base CLIP may also be named by the caller (``backbone``, ``pretrained``), so adapters
+shared alone with their model card (``README.md``, :mod:`discovla.artifacts.card`) load anywhere; the
+card's hash of the frozen weights is checked. ``zeroshot=True`` keeps the frozen CLIP only. Embeddings are
+computed exactly as the evaluate stage computes them (:mod:`discovla.evaluate`):
 
 - text: the trained text encoder on the backbone's tokens, L2-normalised (zero-shot: the frozen text
   embedding);
@@ -35,7 +37,7 @@ from discovla.batching import batches
 from discovla.errors import DiscoVLAError
 from discovla.images import normalise
 from discovla.io import read_json
-from discovla.provenance import files_digest
+from discovla.provenance import files_digest, tensors_digest
 from discovla.runtime import resolve_device
 
 DEFAULT_ADAPTERS = "models/discovla"
@@ -90,6 +92,23 @@ def _resolve_pretrained(pretrained: str | None, adapters_dir: Path) -> str | Non
     return pretrained
 
 
+def _looks_like_path(pretrained: str) -> bool:
+    """A checkpoint path rather than an open_clip tag (as :func:`discovla.clip_factory.create_clip` tells)."""
+    return Path(pretrained).suffix in (".safetensors", ".pt", ".bin", ".pth") or os.sep in pretrained
+
+
+def _check_base_weights(clip: torch.nn.Module, expected: str, path: Path, weights: str | None) -> None:
+    """Raise :class:`AdaptersError` unless the frozen CLIP's tensors hash to ``expected`` (the model card's
+    ``base_weights_sha256``, :func:`discovla.provenance.tensors_digest` of its state dict)."""
+    got = tensors_digest(sorted(clip.state_dict().items()))
+    if got != expected:
+        raise AdaptersError(
+            f"{path}: the base CLIP weights {weights or '(random initialisation)'} are not the ones these "
+            f"adapters were trained on (sha256 {got[:16]}..., the model card says {expected[:16]}...): pass "
+            f"the base model named on the card (pretrained=...)"
+        )
+
+
 class Retriever:
     """A trained DiscoVLA (or the frozen CLIP) with its tokenizer and frame sampler; see the module doc."""
 
@@ -105,11 +124,26 @@ class Retriever:
 
     @classmethod
     def load(
-        cls, adapters_dir: str | Path = DEFAULT_ADAPTERS, device: str = "auto", zeroshot: bool = False
+        cls,
+        adapters_dir: str | Path = DEFAULT_ADAPTERS,
+        device: str = "auto",
+        zeroshot: bool = False,
+        *,
+        backbone: str | None = None,
+        pretrained: str | None = None,
     ) -> Retriever:
-        """The model of ``adapters_dir`` (``config.json`` + ``adapters.safetensors``) on ``device`` (auto:
-        CUDA when available). ``zeroshot``: the frozen CLIP of the same config, without the adapters."""
+        """The model of ``adapters_dir`` (``config.json`` + ``adapters.safetensors``, and the model card
+        ``README.md`` when present) on ``device`` (auto: CUDA when available). ``zeroshot``: the frozen CLIP
+        of the same config, without the adapters.
+
+        The frozen CLIP is the open_clip model ``backbone`` with weights ``pretrained`` (an open_clip tag
+        such as ``openai``, or a checkpoint path); each defaults to what ``config.json`` records, a relative
+        path being looked up from the working directory and then the directories above the adapters. So a
+        directory holding only the adapters and their card, copied anywhere, loads with the base CLIP named
+        here. When the card records the sha256 of the frozen weights the adapters were trained on, the
+        loaded weights are checked against it (:class:`AdaptersError` on a mismatch)."""
         from discovla.artifacts.adapters import load_adapters
+        from discovla.artifacts.card import LIBRARY, read_card
         from discovla.backbone import load_backbone
 
         path = Path(adapters_dir)
@@ -120,15 +154,22 @@ class Retriever:
             raise AdaptersError(
                 f"{path}/config.json has no {', '.join(absent)}: not written by the train stage"
             )
+        weights = pretrained if pretrained is not None else _resolve_pretrained(cfg.get("pretrained"), path)
+        if weights and _looks_like_path(weights) and not Path(weights).is_file():
+            raise AdaptersError(
+                f"{path}: the base CLIP weights {weights} are not found (recorded in config.json): pass "
+                f"them, Retriever.load(..., pretrained=PATH_OR_TAG) or --pretrained (the model card names "
+                f"the base model)"
+            )
         dev = str(resolve_device(device))
-        backbone = load_backbone(
-            cfg["backbone"],
-            _resolve_pretrained(cfg.get("pretrained"), path),
-            device=dev,
-            context_length=cfg.get("context_length"),
+        clip = load_backbone(
+            backbone or cfg["backbone"], weights, device=dev, context_length=cfg.get("context_length")
         )
-        model = None if zeroshot else load_adapters(path, backbone.model, device=dev)
-        return cls(backbone, model, cfg["model"].get("num_frames", 8), identity, dev)
+        card = (read_card(path) or {}).get(LIBRARY) or {}
+        if card.get("base_weights_sha256"):
+            _check_base_weights(clip.model, card["base_weights_sha256"], path, weights)
+        model = None if zeroshot else load_adapters(path, clip.model, device=dev)
+        return cls(clip, model, cfg["model"].get("num_frames", 8), identity, dev)
 
     # ---- what the model needs ------------------------------------------------------------------------
     @property

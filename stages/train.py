@@ -6,7 +6,8 @@ stages/train.py ...``). A rerun after a crash resumes from the last epoch checkp
 ``$DISCOVLA_CHECKPOINTS``); under torchrun rank 0's checkpoint decides and is broadcast to every rank, and
 the outputs are written by rank 0 only after every rank has finished. Reads params ``model``, ``lora``,
 ``fusion``, ``temporal``, ``train`` and ``evaluate.batch_size`` / ``evaluate.chunk_size`` (per-epoch
-validation recall, monitoring only).
+validation recall, monitoring only), and ``data.dataset`` (named on the model card). Writes the adapters
+with their model card (``README.md``, :mod:`discovla.artifacts.card`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import typer
 
 from discovla.artifacts.adapters import checkpoint_root, save_adapters
+from discovla.artifacts.card import card_metadata, write_card
 from discovla.artifacts.features import load_features
 from discovla.artifacts.metrics import write_metrics, write_train_curve
 from discovla.backbone import load_backbone
@@ -25,6 +27,7 @@ from discovla.distributed import all_ranks_finished
 from discovla.errors import run_stage
 from discovla.evaluate import validation_monitor
 from discovla.pipeline import train_config, train_summary
+from discovla.provenance import tensors_digest
 from discovla.train import train
 
 
@@ -43,6 +46,7 @@ def main(
     validate = validation_monitor(
         cache, params.evaluate.batch_size, params.evaluate.chunk_size, params.train.workers
     )
+    base_digest = tensors_digest(sorted(backbone.model.state_dict().items()))  # before LoRA goes in
     model, record = train(backbone.model, cache, cfg, checkpoint_root(), on_epoch=validate)
     all_ranks_finished()  # rank 0 writes only once every rank has finished: a failed rank leaves no outputs
     if int(os.environ.get("RANK", "0")) != 0:
@@ -55,8 +59,27 @@ def main(
         "trainable_parameters": record["trainable_parameters"],
     }
     save_adapters(out, model, about)
+    summary = train_summary(record)
+    card = card_metadata(
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        base_weights_sha256=base_digest,
+        context_length=m.context_length,
+        dataset=params.data.dataset,
+        params={
+            "model": m.model_dump(),
+            "lora": params.lora.model_dump(),
+            "fusion": params.fusion.model_dump(),
+            "temporal": params.temporal.model_dump(),
+            "train": params.train.model_dump(),
+        },
+        metrics=summary["final"],
+        checkpoint_key=record["checkpoint_key"],
+        trainable_parameters=record["trainable_parameters"],
+    )
+    write_card(out, card)  # README.md: the model card, so the directory can be shared alone
     write_train_curve(curve, record["curve"])
-    write_metrics(metrics, info, train_summary(record))
+    write_metrics(metrics, info, summary)
     print(f"trainable parameters: {record['trainable_parameters']:,}; adapters in {out}/")
 
 
