@@ -67,25 +67,13 @@ def test_temporal_module_at_init_is_discovla_exactly():
         fa, fb = paper.encode_frames(px), order.encode_frames(px)
         assert torch.equal(paper.video_embedding(fa), order.video_embedding(fb))
     la = discovla_loss(paper.encode_text(tokens), fa, paper.encode_pseudo(pseudo), 100.0)
-    lb = discovla_loss(
-        order.encode_text(tokens),
-        fb,
-        order.encode_pseudo(pseudo),
-        100.0,
-        video_feats=order.video_features(fb),
-    )
+    t, p = order.encode_text(tokens), order.encode_pseudo(pseudo)
+    lb = discovla_loss(t, fb, p, 100.0, video_feats=order.video_features(fb))
     assert torch.equal(la["loss"], lb["loss"])
     # the zero-initialised output layer gets a gradient: a step moves the model off the paper's
     copies = order_copies(order, px, fb, order_perms_for(4), _dist())
-    loss = discovla_loss(
-        order.encode_text(tokens),
-        fb,
-        order.encode_pseudo(pseudo),
-        100.0,
-        video_feats=order.video_features(fb),
-        order_copies=copies,
-        order_weight=1.0,
-    )["loss"]
+    video = order.video_features(fb)
+    loss = discovla_loss(t, fb, p, 100.0, video_feats=video, order_copies=copies, order_weight=1.0)["loss"]
     loss.backward()
     assert order.temporal.up.weight.grad.abs().sum() > 0
 
