@@ -39,7 +39,7 @@ from discovla.distributed import Dist
 from discovla.flops import mfu, peak_bf16_flops, step_flops, text_length
 from discovla.losses import discovla_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
-from discovla.train import TrainConfig, order_copies, order_perms
+from discovla.order import order_copies, order_perms
 
 CONTEXT = 32  # caption tokens per row of the feature cache (the reference code's context length)
 EOT_AT = 20  # benchmark captions: SOT, 19 words, EOT, padding (21 tokens run after trimming)
@@ -165,7 +165,7 @@ def _measure(
     tokens[:, EOT_AT + 1 :] = 0
     pseudo = tokens[:, None].expand(batch, frames, CONTEXT).contiguous()
     scale = model.logit_scale
-    perms = order_perms(TrainConfig(shuffled=True), 0, frames) if order else []
+    perms = order_perms(0, True, 0, frames) if order else []
     alpha, beta = (0.3, 1.0) if fusion else (0.0, 0.0)
 
     def forward_loss(pixels: torch.Tensor, tokens: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:

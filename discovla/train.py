@@ -59,6 +59,7 @@ from discovla.images import normalise
 from discovla.loader import TrainBatches, make_loader
 from discovla.losses import discovla_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
+from discovla.order import order_copies, order_perms
 from discovla.provenance import source_digest, tensors_digest
 from discovla.schedule import fast_forward, warmup_cosine
 
@@ -127,50 +128,6 @@ def epoch_plan(
     return order, chosen
 
 
-def order_perms(cfg: TrainConfig, step: int, num_frames: int) -> list[torch.Tensor]:
-    """The frame orders of the copies that L_order contrasts with each video at ``step``: the time reversal,
-    and with ``cfg.shuffled`` one shuffle that is neither the identity nor the reversal, drawn from
-    (seed, step) so that a resumed run draws the same."""
-    perms = [torch.arange(num_frames - 1, -1, -1)]
-    if cfg.shuffled:
-        if num_frames < 3:
-            raise ValueError(
-                f"temporal.shuffled needs at least 3 frames per video, the cache has {num_frames}"
-            )
-        gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
-        while True:
-            p = torch.randperm(num_frames, generator=gen)
-            if not (torch.equal(p, perms[0]) or torch.equal(p, torch.arange(num_frames))):
-                break
-        perms.append(p)
-    return perms
-
-
-def order_copies(
-    model: DiscoVLA,
-    pixels: torch.Tensor,
-    frame_feats: torch.Tensor,
-    perms: list[torch.Tensor],
-    d: Dist,
-    bf16: bool = False,
-) -> torch.Tensor:
-    """``[B, K, E]``: normalised video embeddings of every video of the (gathered) batch with its frames in
-    each order of ``perms``. Without frame positions in the video-level attention the encoder is
-    equivariant to frame order (tested), so a copy is the frame features permuted; with
-    ``fusion.temporal_position`` the permuted pixels are encoded again (under bf16 autocast with ``bf16``, as
-    the step's own encoding) and gathered."""
-    copies = []
-    for perm in perms:
-        if model.cfg.temporal_position:
-            with torch.autocast(device_type=pixels.device.type, dtype=torch.bfloat16, enabled=bf16):
-                feats = model.encode_frames(pixels[:, perm.to(pixels.device)])
-            feats = gather_with_grad(feats.float(), d)
-        else:
-            feats = frame_feats[:, perm.to(frame_feats.device)]
-        copies.append(model.video_embedding(feats))
-    return torch.stack(copies, dim=1)
-
-
 def run_key(cfg: TrainConfig, features: Features, clip: torch.nn.Module) -> str:
     """The checkpoint key: config, input content, frozen weights and training code, hashed together."""
     config = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS}
@@ -219,7 +176,8 @@ def train(
         raise ValueError(f"{samples} train samples ({cfg.sampling}) < train.batch_size {cfg.batch_size}")
     schedule = warmup_cosine(opt, cfg.warmup, steps_per_epoch * cfg.epochs)
     if cfg.order_weight > 0 and cfg.shuffled:
-        order_perms(cfg, 0, features.num_frames)  # fails now, not at the first step, with too few frames
+        # fails now, not at the first step, with too few frames
+        order_perms(cfg.seed, cfg.shuffled, 0, features.num_frames)
 
     run_dir = Path(ckpt_root) / key
     lock = _lock_run(run_dir, d)  # rank 0 holds it; a second process training this key waits, then reuses
@@ -380,7 +338,7 @@ def _train_epochs(
             pseudo = gather_with_grad(pseudo.float(), d) if pseudo is not None else None
             copies = None
             if cfg.order_weight > 0:
-                perms = order_perms(cfg, step, frame_feats.shape[1])
+                perms = order_perms(cfg.seed, cfg.shuffled, step, frame_feats.shape[1])
                 copies = order_copies(model, pixels, frame_feats, perms, d, use_bf16)
             terms = discovla_loss(
                 text_feats,

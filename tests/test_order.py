@@ -14,9 +14,9 @@ from test_model import TINY, make_clip, make_tokens, randomise_trainable
 
 from discovla.losses import discovla_loss, order_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
+from discovla.order import order_copies, order_perms
 from discovla.retrieval import reversal_accuracy
 from discovla.text import states_order
-from discovla.train import order_copies, order_perms
 
 CFG = DiscoVLAConfig(lora_rank=4, fusion=True, vision_layers=2, text_layers=1, adapter_dim=4, num_frames=4)
 ORDER = replace(CFG, temporal_module=True, temporal_width=32)
@@ -79,9 +79,8 @@ def test_temporal_module_at_init_is_discovla_exactly():
 
 
 def order_perms_for(frames: int, shuffled: bool = False, seed: int = 0, step: int = 0) -> list[torch.Tensor]:
-    from discovla.train import TrainConfig
 
-    return order_perms(TrainConfig(seed=seed, shuffled=shuffled), step, frames)
+    return order_perms(seed, shuffled, step, frames)
 
 
 def _dist():
