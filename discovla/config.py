@@ -25,7 +25,7 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    dataset: Literal["shapes", "folder", "msrvtt"] = "shapes"
+    dataset: Literal["shapes", "folder", "msrvtt", "msvd", "didemo", "activitynet", "lsmdc"] = "shapes"
     root: str = "data/shapes"
 
 
