@@ -687,7 +687,7 @@ def build_datasets(footage: list[tuple[str, Path]], root: Path, seed: int, rebui
 
 def dataset_clips(root: Path) -> pd.DataFrame:
     """``video_id, path, split, source`` of a dataset built here."""
-    from discovla.data import load_dataset
+    from discovla.data.registry import load_dataset
 
     videos = load_dataset("folder", root).videos
     sources = pd.read_csv(root / "clips.csv", dtype={"video_id": str})[["video_id", "source"]]

@@ -78,8 +78,9 @@ def build_features(
     """Compute and write the feature cache. Returns the summary also stored in ``meta.json``.
 
     ``dataset_captions`` has columns caption_id, video_id, caption, split (the dataset's real captions);
-    captions of videos without frames (skipped by the frames stage) are dropped and counted. The dataset
-    readers (:func:`discovla.data.load_dataset`) have already refused empty or whitespace-only captions.
+    captions of videos without frames (skipped by the frames stage) are dropped and counted. The
+    dataset readers (:func:`discovla.data.registry.load_dataset`) have already refused empty or
+    whitespace-only captions, or skipped them with the reason.
     Frames are read, embedded and written ``batch_size`` at a time: memory does not grow with the dataset.
     """
     frames = read_frames_index(frames_dir)[["video_id", "frame"]]

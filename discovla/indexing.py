@@ -258,7 +258,7 @@ def summarise_skipped(skipped: pd.DataFrame, out: str | Path, show: int = 5) -> 
 
 def dataset_video_paths(dataset: str, root: str | Path) -> dict[str, str]:
     """``video_id -> path`` of the dataset's video files that exist ({} when the dataset cannot be read)."""
-    from discovla.data import load_dataset
+    from discovla.data.registry import load_dataset
 
     try:
         videos = load_dataset(dataset, root).videos

@@ -13,7 +13,7 @@ import typer
 
 from discovla.backbone import load_backbone
 from discovla.config import load_params_or_exit
-from discovla.data import load_dataset
+from discovla.data.registry import load_dataset
 from discovla.errors import run_stage
 from discovla.featurize import build_features
 from discovla.runtime import resolve_device

@@ -15,7 +15,8 @@ import typer
 
 from discovla.artifacts.metrics import write_metrics
 from discovla.config import load_params_or_exit
-from discovla.data import DatasetError, load_dataset
+from discovla.data import DatasetError
+from discovla.data.registry import load_dataset
 from discovla.errors import run_stage
 from discovla.extraction import extract_frames
 

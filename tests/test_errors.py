@@ -162,7 +162,8 @@ def _folder(root: Path, captions: list[str]) -> Path:
 def test_folder_reader_names_the_first_blank_caption(
     tmp_path: Path, captions: list, row: int, video: str
 ) -> None:
-    from discovla.data import DatasetError, load_dataset
+    from discovla.data import DatasetError
+    from discovla.data.registry import load_dataset
 
     root = _folder(tmp_path / "ds", captions)
     with pytest.raises(DatasetError) as err:
@@ -175,7 +176,7 @@ def test_folder_reader_names_the_first_blank_caption(
 
 
 def test_folder_reader_keeps_good_captions(tmp_path: Path) -> None:
-    from discovla.data import load_dataset
+    from discovla.data.registry import load_dataset
 
     ds = load_dataset("folder", _folder(tmp_path / "ds", ["a red circle", " a blue square "]))
     assert ds.captions.caption.tolist() == ["a red circle", " a blue square "]

@@ -27,7 +27,7 @@ from discovla.artifacts.frames import (
     read_frames_index,
     read_videos,
 )
-from discovla.data import load_dataset
+from discovla.data.registry import load_dataset
 from discovla.extraction import extract_frames
 from discovla.ffmpeg import ffmpeg_exe
 from discovla.sampling import sample_frames

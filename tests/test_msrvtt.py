@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from discovla.data import DatasetError, load_dataset
+from discovla.data import DatasetError
 from discovla.data.msrvtt import read_msrvtt, val_video_ids
+from discovla.data.registry import load_dataset
 
 TRAIN = [f"video{i}" for i in range(0, 45)]
 TEST = [f"video{i}" for i in range(45, 50)]

@@ -20,8 +20,8 @@ from helpers.stages import stage_command
 from PIL import Image
 
 from discovla.config import ShapesParams
-from discovla.data import load_dataset
 from discovla.data import shapes as S
+from discovla.data.registry import load_dataset
 from discovla.data.shapes.language import _tokens
 from discovla.ffmpeg import ffmpeg_exe
 

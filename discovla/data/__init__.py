@@ -1,17 +1,22 @@
-"""Datasets: a registry of readers that yield videos (id, path, split) and captions (id, text, split).
+"""Datasets: what every reader returns (:class:`VideoDataset`: videos with id, path and split; captions
+with id, text and split) and what readers share; :mod:`discovla.data.registry` names the readers.
 
-Every reader returns a :class:`VideoDataset`. The on-disk ``folder`` form is the common currency: a
-directory ``videos/`` plus ``captions.csv`` with columns ``video_id, caption, split``. The shapes world
-is written in that form; MSRVTT is read from the standard CLIP4Clip files.
+The on-disk ``folder`` form is the common currency: a directory ``videos/`` plus ``captions.csv`` with
+columns ``video_id, caption, split``; the shapes world is written in it. MSRVTT is read from the
+CLIP4Clip files; MSVD, DiDeMo, ActivityNet Captions and LSMDC from the files their authors release
+(``docs/formats.md``). This module holds only what readers and the shapes world share, so adding a reader
+changes nothing in the shapes world's code closure (its DVC deps).
 
-Every reader checks its captions with :func:`check_captions`: a caption that is empty or only whitespace
-is a :class:`DatasetError` naming the file and the row, never a silently encoded empty string.
+The ``folder`` and ``msrvtt`` readers refuse a caption that is empty or only whitespace
+(:func:`check_captions`: a :class:`DatasetError` naming the file and the row). The benchmark readers
+(MSVD, DiDeMo, ActivityNet, LSMDC), whose released files really have such rows, skip them and record
+each skip with its file, row and reason in :attr:`VideoDataset.skipped`; a caption is never silently
+encoded as an empty string.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +24,12 @@ import pandas as pd
 from discovla.errors import DiscoVLAError
 
 SPLITS = ("train", "val", "test")
+SKIP_COLUMNS = ("file", "row", "video_id", "reason")
+
+
+def no_skips() -> pd.DataFrame:
+    """An empty skip table (columns :data:`SKIP_COLUMNS`)."""
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in SKIP_COLUMNS})
 
 
 class DatasetError(DiscoVLAError, ValueError):
@@ -50,12 +61,15 @@ class VideoDataset:
 
     ``videos``: DataFrame with columns ``video_id`` (str), ``path`` (str), ``split`` (train/val/test).
     ``captions``: DataFrame with columns ``caption_id`` (int, unique), ``video_id``, ``caption``, ``split``.
+    ``skipped``: annotation rows the reader skipped, with columns :data:`SKIP_COLUMNS` (``row``: where in
+    ``file``, as the file counts it; ``reason``: why).
     """
 
     name: str
     root: Path
     videos: pd.DataFrame
     captions: pd.DataFrame
+    skipped: pd.DataFrame = field(default_factory=no_skips)
 
     def split(self, split: str) -> VideoDataset:
         return VideoDataset(
@@ -63,29 +77,5 @@ class VideoDataset:
             self.root,
             self.videos[self.videos.split == split].reset_index(drop=True),
             self.captions[self.captions.split == split].reset_index(drop=True),
+            self.skipped,
         )
-
-
-Reader = Callable[[Path], VideoDataset]
-_REGISTRY: dict[str, Reader] = {}
-
-
-def register(name: str) -> Callable[[Reader], Reader]:
-    def deco(fn: Reader) -> Reader:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def available() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def load_dataset(name: str, root: str | Path) -> VideoDataset:
-    """Read dataset ``name`` (``folder``, ``shapes``, ``msrvtt``) from ``root``."""
-    from discovla.data import folder, msrvtt  # noqa: F401  (registration)
-
-    if name not in _REGISTRY:
-        raise DatasetError(f"unknown dataset {name!r} (available: {', '.join(available())})")
-    return _REGISTRY[name](Path(root))

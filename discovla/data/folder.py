@@ -12,9 +12,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from discovla.data import SPLITS, DatasetError, VideoDataset, check_captions, register
+from discovla.data import SPLITS, DatasetError, VideoDataset, check_captions
+from discovla.data.files import VIDEO_EXTS
+from discovla.data.registry import DatasetInfo, register
 
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+FOLDER = DatasetInfo(
+    summary="Your own videos: videos/<video_id>.<ext> plus captions.csv (video_id, caption, split)",
+    splits="as captions.csv says",
+    protocol="t2v over every test caption; v2t multi-caption where a video has several",
+    frames=12,
+    context_length=32,
+    files="captions.csv; videos/<video_id>.<ext>",
+    source="you",
+)
+SHAPES = DatasetInfo(
+    summary="The shapes world: seeded synthetic videos of moving shapes (the embedded default)",
+    splits="params shapes.train_videos / val_videos / test_videos (2,000 / 200 / 500)",
+    protocol="t2v and v2t, one caption per test video; order and content twins; reversal test",
+    frames=8,
+    context_length=32,
+    files="written by the shapes stage (folder form)",
+    source="`dvc repro shapes`",
+)
 
 
 def _find_video(videos_dir: Path, video_id: str, index: dict[str, Path]) -> Path:
@@ -52,11 +71,11 @@ def read_folder(root: Path, name: str = "folder") -> VideoDataset:
     return VideoDataset(name, root, videos, captions)
 
 
-@register("folder")
+@register("folder", FOLDER)
 def _folder(root: Path) -> VideoDataset:
     return read_folder(root, "folder")
 
 
-@register("shapes")
+@register("shapes", SHAPES)
 def _shapes(root: Path) -> VideoDataset:
     return read_folder(root, "shapes")

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from discovla.data import DatasetError, VideoDataset, check_captions, register
+from discovla.data import DatasetError, VideoDataset, check_captions
+from discovla.data.registry import DatasetInfo, register
 
 DATA_JSON = "MSRVTT_data.json"
 TRAIN_CSV = "MSRVTT_train.9k.csv"
@@ -37,6 +38,17 @@ VIDEO_DIRS = ("videos", "videos/all", "MSRVTT/videos/all")
 VAL_EVERY = 20
 ANNOTATIONS_URL = "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip"
 VIDEOS_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
+
+INFO = DatasetInfo(
+    summary="MSR-VTT: 10,000 web videos, 20 captions each",
+    splits="8,550 / 450 (every 20th of the 9k list) / 1,000 videos (1k-A, JSFusion)",
+    protocol="t2v and v2t over the 1,000 test pairs (one caption per video)",
+    frames=12,
+    context_length=32,
+    files=f"{DATA_JSON}, {TRAIN_CSV}, {TEST_CSV}; videos/<video_id>.mp4",
+    source=f"{ANNOTATIONS_URL}; videos: {VIDEOS_URL}",
+    preset={"frames.num_frames": 12, "model.context_length": 32},
+)
 
 
 def _natural_key(video_id: str) -> tuple[str, int, str]:
@@ -143,6 +155,6 @@ def read_msrvtt(root: str | Path) -> VideoDataset:
     return VideoDataset("msrvtt", root, videos, captions[["caption_id", "video_id", "caption", "split"]])
 
 
-@register("msrvtt")
+@register("msrvtt", INFO)
 def _msrvtt(root: Path) -> VideoDataset:
     return read_msrvtt(root)
