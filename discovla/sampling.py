@@ -130,12 +130,17 @@ def _demux(container: Any, stream: Any, deadline: float) -> list[Any]:
 
 
 def _guess(packets: list[Any], num_frames: int, time_base: Fraction, max_fps: float | None) -> set[int]:
-    """The pts the rule picks on the packet timeline (pts, else dts; discarded packets left out)."""
+    """The pts the rule picks on the packet timeline (pts, else dts; discarded packets left out), put in
+    presentation order first: the decoder gives frames in that order, and ``max_fps`` thins a timeline in
+    the order it is given, so a guess from packets in decoding order (B-frames) would thin other frames
+    than the decoded timeline does and cost a second decode."""
     kept = [p for p in packets if not p.is_discard]
     pts = [p.pts if p.pts is not None else p.dts for p in kept]
     if not pts or any(q is None for q in pts):
         return set()
-    return set(plan(pts, [int(p.duration or 0) for p in kept], num_frames, time_base, max_fps).pts)
+    order = sorted(range(len(pts)), key=lambda i: pts[i])
+    durs = [int(kept[i].duration or 0) for i in order]
+    return set(plan([pts[i] for i in order], durs, num_frames, time_base, max_fps).pts)
 
 
 @dataclass

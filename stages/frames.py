@@ -1,10 +1,11 @@
 """Stage ``frames``: sample F frames per video (PyAV, in process) into the frames store (Parquet shards).
 
 Reads params ``data`` and ``frames`` and the dataset at ``data.root``. Writes the store (shards,
-videos.csv, skipped.csv; see docs/formats.md) and its metrics. Unreadable videos are listed in skipped.csv
-and the stage still succeeds; it fails (one line, non-zero status) only when the dataset itself cannot be
-read, has no videos, or no video at all could be sampled. A rerun after a crash decodes only the batches
-of videos not yet done (kept under ``--work``).
+videos.csv, skipped.csv; see docs/formats.md) and its metrics, which count the annotation rows the dataset
+reader skipped (``discovla datasets check`` lists them with their reasons). Unreadable videos are listed
+in skipped.csv and the stage still succeeds; it fails (one line, non-zero status) only when the dataset
+itself cannot be read, has no videos, or no video at all could be sampled. A rerun after a crash decodes
+only the batches of videos not yet done (kept under ``--work``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main(
         work_dir=work,
         max_fps=fp.max_fps or None,
     )
+    stats["annotation_rows_skipped"] = len(dataset.skipped)
     write_metrics(metrics, info, stats)
     reasons = ", ".join(f"{k}: {v}" for k, v in stats["skipped_by_reason"].items())
     print(
@@ -50,6 +52,13 @@ def main(
         f"{stats['frames']} frames in {stats['shards']} shard(s), {stats['videos_per_s']:.1f} videos/s "
         f"-> {out}"
     )
+    if len(dataset.skipped):
+        by_reason = dataset.skipped.reason.value_counts()
+        print(
+            f"frames: the {data.dataset} reader skipped {len(dataset.skipped)} annotation row(s) ("
+            + ", ".join(f"{r}: {n}" for r, n in by_reason.items())
+            + f"); `discovla datasets check {data.dataset} {data.root}` lists them"
+        )
     if stats["done"] == 0:
         raise DatasetError(f"frames: no video could be sampled ({reasons}); see {out}/skipped.csv")
 

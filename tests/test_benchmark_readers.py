@@ -233,3 +233,20 @@ def test_datasets_check_fails_with_one_error_line(tmp_path: Path) -> None:
     assert res.exit_code == 2
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: lsmdc: missing under ")
+
+
+def test_context_length_beyond_77_names_the_key() -> None:
+    from discovla.config import ParamsError, params_from_dict
+
+    with pytest.raises(ParamsError, match="model.context_length"):
+        params_from_dict({"model": {"context_length": 78}})
+    assert params_from_dict({"model": {"context_length": 64}}).model.context_length == 64
+
+
+def test_paragraph_context_on_a_shorter_clip_names_the_key() -> None:
+    """The DiDeMo/ActivityNet preset (64 tokens) on the shapes world's tiny CLIP (32): one clear error."""
+    from discovla.backbone import BackboneError, load_backbone
+
+    ctx = dataset_info("didemo").preset["model.context_length"]
+    with pytest.raises(BackboneError, match=f"model.context_length: must be between 2 and 32 .* got {ctx}"):
+        load_backbone("tiny-clip", None, context_length=ctx)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from discovla.artifacts.metrics import RUN_KEYS
+from tests.helpers.benchmarks import WRITERS, ffmpeg_clip
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -134,3 +135,20 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert ran == {"frames", "captions", "features", "train", "evaluate", "index", "report"}, out
     table = _run([str(BIN / "dvc"), "exp", "show", "--md"], repo, env).stdout
     assert "alpha0" in table and "frames3" in table and "t2v.R@1" in table, table
+
+    # the four benchmark readers, each on a tiny copy in its released format with real clips, through the
+    # pipeline as a user runs it: `dvc exp run -S data.dataset=X -S data.root=...`
+    for name, write in WRITERS.items():
+        want = write(repo / "data" / name, ffmpeg_clip)
+        sets = {"data.dataset": name, "data.root": f"data/{name}", "train.batch_size": 2, "train.epochs": 1}
+        cmd = [str(BIN / "dvc"), "exp", "run", "-n", name, *(f"-S{k}={v}" for k, v in sets.items())]
+        out = _run(cmd, repo, env).stdout
+        assert "annotation row(s)" in out, out  # every fixture has odd rows: the frames stage says so
+        frames = json.loads((metrics / "frames.json").read_text())
+        test_videos = want["videos"]["test"] - 1  # one test video is missing on purpose
+        assert frames["done"] == sum(want["videos"].values()) - 1 and frames["skipped"] == 1, (name, frames)
+        assert frames["annotation_rows_skipped"] > 0
+        retrieval = json.loads((metrics / "retrieval.json").read_text())
+        assert retrieval["v2t"]["queries"] == test_videos, (name, retrieval)
+        per_video = want.get("captions", {}).get("test", want["videos"]["test"]) // want["videos"]["test"]
+        assert retrieval["t2v"]["queries"] == test_videos * per_video, (name, retrieval)

@@ -274,3 +274,19 @@ def test_sampling_in_threads_matches_one_at_a_time(clips: dict[str, Path], tmp_p
         got = list(pool.map(lambda job: sample_frames(job[0], 4, job[1]).frames, jobs))
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
     assert av.logging.get_level() == level
+
+
+@pytest.mark.parametrize("max_fps", [None, 2.0, 7.0])
+def test_b_frames_are_guessed_right_the_first_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_fps: float | None
+) -> None:
+    """A clip with B-frames (its packets out of presentation order), thinned by ``max_fps`` or not: the
+    picks guessed from the packets are the decoded timeline's, so every frame is decoded once."""
+    from discovla import sampling
+
+    clip = make_testsrc(tmp_path / "b.mp4", "64x48", 30, 4.0, "-c:v", "libx264", "-bf", "3", "-g", "60")
+    calls: list[int] = []
+    real_decode = sampling._decode
+    monkeypatch.setattr(sampling, "_decode", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    out = sample_frames(clip, 12, 16, max_fps=max_fps)
+    assert len(calls) == 1 and out.frames.shape == (12, 16, 16, 3)

@@ -39,7 +39,7 @@ INFO = DatasetInfo(
     context_length=64,
     files="train.json, val_1.json; videos/v_<id>.<ext> (or <id>.<ext>)",
     source=f"{ANNOTATIONS_URL}; videos: {VIDEOS_URL}",
-    preset={"frames.num_frames": 64, "model.context_length": 64, "frames.max_fps": 2},
+    preset={"frames.num_frames": 64, "model.context_length": 64},
 )
 
 

@@ -9,6 +9,8 @@ pipeline). Each returns what a correct reader must find.
 from __future__ import annotations
 
 import json
+import subprocess
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,17 @@ UNICODE = "un café crème — 猫 🎥"
 def empty_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
+
+
+def ffmpeg_clip(path: Path) -> None:
+    """A real 1-second 48 px clip in the container ``path``'s extension names, its hue set by its name."""
+    from discovla.ffmpeg import ffmpeg_exe
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hue = zlib.crc32(path.name.encode()) % 360
+    src = f"testsrc=size=48x48:rate=10:duration=1,hue=h={hue}"
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", src, "-pix_fmt", "yuv420p", str(path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
 
 def write_msvd(root: Path, make_video: MakeVideo = empty_file, form: str = "txt") -> dict:
