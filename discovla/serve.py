@@ -376,7 +376,11 @@ async function search(q) {
 $('f').onsubmit = (e) => { e.preventDefault(); const q = $('q').value.trim(); if (q) search(q); };
 loadIndexes().then(() => {
   const p = new URLSearchParams(location.search);
-  if (p.get('index')) $('index').value = p.get('index');
+  const want = p.get('index');
+  if (want && !indexes.some((ix) => ix.name === want)) {  // a stale link: let the service say why
+    const o = document.createElement('option'); o.value = o.textContent = want; $('index').appendChild(o);
+  }
+  if (want) $('index').value = want;
   if (p.get('k')) $('k').value = p.get('k');
   if (p.get('q')) { $('q').value = p.get('q'); search(p.get('q')); }
 });
