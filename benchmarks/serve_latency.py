@@ -111,12 +111,11 @@ def bench_server(index: Path, adapters: str, requests: int, warmup: int) -> dict
     }
 
 
-def synthetic_index(like: Path, n: int, ann: str | None, adapters: str) -> VideoIndex:
-    """``n`` random unit vectors at the width of the index ``like``, recorded as made by ``adapters``."""
-    ref = read_index(like, ann=False)
+def synthetic_index(n: int, dim: int, ann: str | None, adapters: str) -> VideoIndex:
+    """``n`` random unit vectors of width ``dim``, recorded as made by ``adapters``."""
     g = torch.Generator().manual_seed(0)
-    emb = torch.nn.functional.normalize(torch.randn(n, ref.dim, generator=g), dim=-1)
-    meta = {**ref.meta, "model": adapters_identity(adapters, False), "source": {"kind": "synthetic"}}
+    emb = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
+    meta = {"model": adapters_identity(adapters, False), "source": {"kind": "synthetic"}}
     index = VideoIndex([f"video{i:07d}" for i in range(n)], [""] * n, emb, meta)
     if ann:
         index.ann = build_ann(emb, AnnParams(kind=ann), meta["model"])
@@ -130,6 +129,11 @@ def main(
     requests: int = typer.Option(200, help="Timed requests per server."),
     warmup: int = typer.Option(10, help="Untimed requests first."),
     out: str = typer.Option("benchmarks/results/serve_latency.json", help="Results JSON."),
+    vit_work: str | None = typer.Option(
+        None,
+        help="Also serve the synthetic indexes at width 512 with ViT-B/16 (random weights and untrained "
+        "adapters written here, as benchmarks/load_search.py makes them: 600 MB).",
+    ),
 ) -> None:
     result: dict[str, Any] = {
         "adapters": adapters,
@@ -152,15 +156,21 @@ def main(
     result["oneshot_search_s"] = round(time.perf_counter() - t0, 2)
     result["servers"][f"{Path(index).name} (exact)"] = bench_server(Path(index), adapters, requests, warmup)
     print(json.dumps(result, indent=2), flush=True)
+    models = [(adapters, read_index(Path(index), ann=False).dim, "")]
+    if vit_work:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from load_search import make_model
+
+        models.append((str(make_model(Path(vit_work), 12)), 512, ", ViT-B/16"))
     with tempfile.TemporaryDirectory() as tmp:
-        for n in videos:
-            for ann in (None, "ivf"):
-                path = Path(tmp) / f"synthetic-{n}-{ann or 'exact'}"
-                write_index(path, synthetic_index(Path(index), n, ann, adapters))
-                result["servers"][f"synthetic {n} ({ann or 'exact'})"] = bench_server(
-                    path, adapters, requests, warmup
-                )
-                print(json.dumps(result["servers"], indent=2), flush=True)
+        for model, dim, label in models:
+            for n in videos:
+                for ann in (None, "ivf"):
+                    path = Path(tmp) / f"synthetic-{n}-{dim}-{ann or 'exact'}"
+                    write_index(path, synthetic_index(n, dim, ann, model))
+                    name = f"synthetic {n} x {dim} ({ann or 'exact'}{label})"
+                    result["servers"][name] = bench_server(path, model, requests, warmup)
+                    print(json.dumps(result["servers"], indent=2), flush=True)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import typer
 
-from discovla.errors import exits_on_error
+from discovla.errors import DiscoVLAError, exits_on_error
 
 app = typer.Typer(
     help="DiscoVLA video-text retrieval pipeline (run `dvc repro` for the whole pipeline).",
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+class UsageError(DiscoVLAError, ValueError):
+    """Options that do not go together, or a queries file that cannot be read (message says why)."""
 
 
 @app.callback()
@@ -270,13 +274,8 @@ def _read_queries(source: str) -> list[tuple[str, int | None, object]]:
     import sys
     from pathlib import Path
 
-    from discovla.errors import DiscoVLAError
-
-    class QueriesError(DiscoVLAError, ValueError):
-        pass
-
     if source != "-" and not Path(source).is_file():
-        raise QueriesError(f"--queries {source}: no such file (one query per line, or - for stdin)")
+        raise UsageError(f"--queries {source}: no such file (one query per line, or - for stdin)")
     text = sys.stdin.read() if source == "-" else Path(source).read_text()
     out: list[tuple[str, int | None, object]] = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -287,10 +286,10 @@ def _read_queries(source: str) -> list[tuple[str, int | None, object]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise QueriesError(f"--queries line {n}: not JSON ({exc.msg})") from None
+                raise UsageError(f"--queries line {n}: not JSON ({exc.msg})") from None
             q, k = obj.get("query"), obj.get("k")
             if not isinstance(q, str) or not q.strip() or not (k is None or (isinstance(k, int) and k >= 1)):
-                raise QueriesError(f'--queries line {n}: want {{"query": TEXT, "k": N >= 1 (optional)}}')
+                raise UsageError(f'--queries line {n}: want {{"query": TEXT, "k": N >= 1 (optional)}}')
             out.append((q.strip(), k, obj.get("id")))
         else:
             out.append((line, None, None))
@@ -323,12 +322,8 @@ def search(
     nprobe: int | None = typer.Option(None, min=1, help="ivf/ivfpq cells scanned (default: the index's)."),
 ) -> None:
     """Find the videos that best match a text: prints rank, video id, score (cosine) and path."""
-    from discovla.errors import DiscoVLAError
     from discovla.indexing import ensure_split_index
     from discovla.retriever import Retriever
-
-    class UsageError(DiscoVLAError, ValueError):
-        pass
 
     if (query is None) == (queries is None):
         raise UsageError("give a QUERY or --queries FILE (one of the two)")

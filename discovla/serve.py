@@ -206,6 +206,7 @@ def create_app(served: list[Served]) -> Any:
     app = FastAPI(title="DiscoVLA search", docs_url="/api/docs", openapi_url="/api/openapi.json")
     lock = threading.Lock()
     strips: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+    strips_lock = threading.Lock()
 
     @app.exception_handler(SearchError)
     def _error(_request: Any, exc: SearchError) -> JSONResponse:
@@ -255,12 +256,17 @@ def create_app(served: list[Served]) -> Any:
     def frames(name: str, row: int) -> Response:
         s = _served(name)
         key = (s.name, row)
-        if key not in strips:
-            strips[key] = _strip_jpeg(video_file(s, row))
-            while len(strips) > STRIP_CACHE:
-                strips.popitem(last=False)
-        strips.move_to_end(key)
-        return Response(strips[key], media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        with strips_lock:
+            jpeg = strips.get(key)
+            if jpeg is not None:
+                strips.move_to_end(key)
+        if jpeg is None:
+            jpeg = _strip_jpeg(video_file(s, row))  # ffmpeg, outside the lock
+            with strips_lock:
+                strips[key] = jpeg
+                while len(strips) > STRIP_CACHE:
+                    strips.popitem(last=False)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/video/{name}/{row}")
     def video(name: str, row: int) -> FileResponse:

@@ -271,6 +271,8 @@ def test_search_answers_many_queries_in_one_process(world: dict, tmp_path: Path)
     assert piped.exit_code == 0 and piped.stdout == res.stdout  # stdin reads alike
     bad = CliRunner().invoke(cli, [*args, "--queries", "-"], input='{"query": ""}\n')
     assert bad.exit_code == 2 and bad.stderr.startswith("error: --queries line 1")
+    both = CliRunner().invoke(cli, [*args, QUERY, "--queries", str(queries)])
+    assert both.exit_code == 2 and "one of the two" in both.stderr
 
 
 def test_index_ann_builds_keeps_and_drops_the_approximate_index(world: dict, tmp_path: Path) -> None:
