@@ -38,7 +38,9 @@ def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
 def test_approximate_search_finds_the_exact_neighbours(kind: str) -> None:
     emb = _clustered(3000)
-    queries = torch.nn.functional.normalize(emb[:50] + 0.1 * torch.randn(50, 32), dim=-1)
+    queries = torch.nn.functional.normalize(
+        emb[:50] + 0.1 * torch.randn(50, 32, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
     exact_s, exact_r = topk(queries, emb, 10)
     ann = build_ann(emb, AnnParams(kind=kind, nlist=16, nprobe=4, m=8), MODEL)
     scores, rows = ann.search(queries, 10, emb)
@@ -51,7 +53,9 @@ def test_approximate_search_finds_the_exact_neighbours(kind: str) -> None:
 
 def test_ivf_scanning_every_cell_is_exact_search() -> None:
     emb = _clustered(2000)
-    queries = torch.nn.functional.normalize(torch.randn(20, 32), dim=-1)
+    queries = torch.nn.functional.normalize(
+        torch.randn(20, 32, generator=torch.Generator().manual_seed(2)), dim=-1
+    )
     ann = build_ann(emb, AnnParams(kind="ivf", nlist=16), MODEL)
     _, rows = ann.search(queries, 5, nprobe=16)
     _, exact = topk(queries, emb, 5)
@@ -73,7 +77,7 @@ def test_the_approximate_index_is_stored_with_the_index_and_used_by_search(tmp_p
     assert side["params"]["nlist"] == 8 and side["params"]["nprobe"] == 2
     back = read_index(tmp_path / "idx")
     assert back.ann is not None and back.ann.rows == 1000
-    q = torch.nn.functional.normalize(torch.randn(3, 32), dim=-1)
+    q = torch.nn.functional.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(3)), dim=-1)
     assert search_index(back, q, 5) == search_index(idx, q, 5)
     # exact=True scores every video, as an index without the approximate one does
     assert search_index(back, q, 5, exact=True) == search_index(_index(emb), q, 5)
