@@ -7,6 +7,8 @@
   retried until they change, unless the reason was transient: a time-out); every result is reused only
   when the index was made by the same model. The
   index is also saved every ``save_every`` seconds, so an interrupted run resumes where it stopped.
+  ``ann`` (``discovla index --ann ivf``) adds an approximate FAISS index (:mod:`discovla.ann`) at the end;
+  a re-run keeps the previous one's kind and parameters (and its trained IVF cells) unless told otherwise.
 - :func:`build_split_index` (the ``index`` stage) and :func:`ensure_split_index` (``discovla search``
   without ``--index``): one split of the feature cache, from its stored pixels (no decoding), with the
   video paths of the dataset when they are known.
@@ -26,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from discovla.ann import AnnError, AnnIndex, AnnParams, build_ann
 from discovla.artifacts.features import Features, cache_digest, load_features
 from discovla.artifacts.index import (
     META,
@@ -102,17 +105,21 @@ def _check_out(out: Path, folder: Path) -> None:
 
 def _previous(
     out: Path, retriever: Retriever
-) -> tuple[dict[str, tuple[int, int, torch.Tensor]], dict[str, tuple[int, int, str]], str]:
+) -> tuple[dict[str, tuple[int, int, torch.Tensor]], dict[str, tuple[int, int, str]], str, AnnIndex | None]:
     """Rows of an earlier index at ``out`` made by the same model: path -> (size, mtime_ns, embedding), and
-    its skipped files: path -> (size, mtime_ns, reason). Third: why nothing is reused ('' when it is)."""
+    its skipped files: path -> (size, mtime_ns, reason). Third: why nothing is reused ('' when it is).
+    Fourth: its approximate index (None when it has none or a broken one)."""
     if not (out / META).is_file():
-        return {}, {}, ""
-    old = read_index(out)
+        return {}, {}, "", None
+    try:
+        old = read_index(out)
+    except AnnError:
+        old = read_index(out, ann=False)
     meta = retriever.index_meta()
     if not same_model(old.meta, retriever.identity):
-        return {}, {}, f"it was computed with {describe_model(old.meta.get('model') or {})}"
+        return {}, {}, f"it was computed with {describe_model(old.meta.get('model') or {})}", None
     if any(old.meta.get(k) != meta[k] for k in ("num_frames", "image_size")):
-        return {}, {}, "it was sampled with other frames or size"
+        return {}, {}, "it was sampled with other frames or size", None
     rows = {
         p: (int(s), int(m), old.embeddings[i])
         for i, (p, s, m) in enumerate(zip(old.paths, old.sizes, old.mtimes, strict=True))
@@ -121,7 +128,7 @@ def _previous(
         str(r.path): (int(r.size), int(r.mtime_ns), str(r.reason))
         for r in old.skipped.itertuples(index=False)
     }
-    return rows, skipped, ""
+    return rows, skipped, "", old.ann
 
 
 def _sample_all(
@@ -152,11 +159,13 @@ def index_folder(
     progress: bool = True,
     save_every: float = SAVE_EVERY_S,
     log: Callable[[str], Any] | None = None,
+    ann: AnnParams | str | None = None,
 ) -> FolderReport:
     """Embed every video under ``folder`` into the index ``out`` (updating it: see the module doc).
 
     ``batch_size`` videos per forward pass, ``workers`` videos decoded in parallel. ``log`` receives the
-    one-line notes (e.g. why an earlier index is not reused)."""
+    one-line notes (e.g. why an earlier index is not reused). ``ann``: an approximate index to build
+    (:class:`discovla.ann.AnnParams`), ``"exact"`` for none, ``None`` for what the previous index had."""
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise VideoIndexError(f"{folder}: not a directory of videos")
@@ -166,7 +175,14 @@ def index_folder(
         raise VideoIndexError(f"no video files ({', '.join(VIDEO_EXTS)}) under {folder}")
     ids = dict(zip(map(str, files), folder_video_ids(files, folder), strict=True))
     stats = {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
-    previous, prev_skipped, rebuilt = _previous(out, retriever)
+    previous, prev_skipped, rebuilt, prev_ann = _previous(out, retriever)
+    if isinstance(ann, str):
+        ann = None if ann == "exact" else AnnParams(kind=ann)
+        keep_ann = False
+    else:
+        keep_ann = ann is None
+    if keep_ann and prev_ann is not None:
+        ann = prev_ann.params
     if rebuilt and log is not None:
         log(f"{out}: {rebuilt}: embedding every video again")
 
@@ -227,6 +243,8 @@ def index_folder(
                 write_index(out, snapshot())
                 last_save = time.monotonic()
     index = snapshot()
+    if ann is not None and len(index):
+        index.ann = build_ann(index.embeddings, ann, index.meta["model"], prev_ann)
     write_index(out, index)
     return FolderReport(
         index=index,

@@ -282,7 +282,8 @@ class Retriever:
             return index
         path = Path(index)
         key = str(path.resolve())
-        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.glob("index.*")))
+        files = sorted([*path.glob("index.*"), *path.glob("ann.*")])
+        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
         cached = self._index_cache.get(key)
         if cached is None or cached[0] != stamp:
             loaded = read_index(path)
@@ -292,11 +293,21 @@ class Retriever:
         return cached[1]
 
     def search(
-        self, text: str, k: int = 5, *, index: str | Path | VideoIndex, chunk_size: int = CHUNK_ROWS
+        self,
+        text: str,
+        k: int = 5,
+        *,
+        index: str | Path | VideoIndex,
+        chunk_size: int = CHUNK_ROWS,
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[Hit]:
         """The ``k`` videos of ``index`` closest to ``text``: ``[Hit(rank, video_id, score, path), ...]``,
-        best first (cosine similarity; equal scores in index order)."""
-        return self.search_embeddings(self.encode_texts([text]), k, index=index, chunk_size=chunk_size)[0]
+        best first (cosine similarity; equal scores in index order). An index built with ``--ann`` is
+        searched approximately (``nprobe``: IVF cells scanned) unless ``exact``."""
+        return self.search_embeddings(
+            self.encode_texts([text]), k, index=index, chunk_size=chunk_size, exact=exact, nprobe=nprobe
+        )[0]
 
     def search_embeddings(
         self,
@@ -305,7 +316,10 @@ class Retriever:
         *,
         index: str | Path | VideoIndex,
         chunk_size: int = CHUNK_ROWS,
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[list[Hit]]:
         """Per query embedding (``[Q, D]``: texts, or videos to find similar ones), its ``k`` best videos."""
         vindex = self.open_index(index)
-        return [[Hit(*h) for h in hits] for hits in search_index(vindex, queries, k, chunk_size)]
+        found = search_index(vindex, queries, k, chunk_size, exact=exact, nprobe=nprobe)
+        return [[Hit(*h) for h in hits] for hits in found]

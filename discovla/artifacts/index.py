@@ -10,6 +10,8 @@ On disk, one atomic directory:
   and the zero-shot flag, plus what the model needs to sample a video: frames, image size) and where the
   videos came from (``source``). :func:`check_model` refuses an index made by another model.
 - ``skipped.csv`` (folder indexes): ``path, size, mtime_ns, reason`` of every video that could not be sampled.
+- ``ann.faiss`` + ``ann.json`` (``discovla index --ann``): an approximate FAISS index over the same rows
+  (:mod:`discovla.ann`), used by :func:`search_index` unless ``exact=True``.
 
 Search (:func:`topk`) scores the rows in chunks (``query @ embedding[chunk].T``), so only ``Q x chunk``
 scores exist at a time, and keeps a running top k per query. Ties are broken by row order, explicitly:
@@ -55,6 +57,7 @@ class VideoIndex:
     sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     mtimes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SKIPPED_COLUMNS))
+    ann: Any = None  # discovla.ann.AnnIndex over these rows, or None (exact search only)
 
     def __post_init__(self) -> None:
         n = len(self.video_ids)
@@ -69,6 +72,8 @@ class VideoIndex:
             self.mtimes = np.full(n, -1, np.int64)
         if len(self.sizes) != n or len(self.mtimes) != n:
             raise ValueError(f"index: sizes and mtimes must have {n} entries")
+        if self.ann is not None and self.ann.rows != n:
+            raise ValueError(f"index: the approximate index holds {self.ann.rows} rows, the index {n}")
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -100,10 +105,13 @@ def write_index(out_dir: str | Path, index: VideoIndex) -> None:
         write_json(tmp / META, meta)
         if len(index.skipped):
             index.skipped[SKIPPED_COLUMNS].to_csv(tmp / SKIPPED, index=False)
+        if index.ann is not None:
+            index.ann.write(tmp)
 
 
-def read_index(path: str | Path) -> VideoIndex:
-    """Read an index written by :func:`write_index`."""
+def read_index(path: str | Path, ann: bool = True) -> VideoIndex:
+    """Read an index written by :func:`write_index` (with its approximate index, if any, unless ``ann`` is
+    false)."""
     path = Path(path)
     if not (path / META).is_file() or not (path / TABLE).is_file():
         raise VideoIndexError(
@@ -126,6 +134,12 @@ def read_index(path: str | Path) -> VideoIndex:
         if skipped_csv.is_file()
         else pd.DataFrame(columns=SKIPPED_COLUMNS)
     )
+    approx = None
+    if ann:
+        from discovla.ann import has_ann, read_ann
+
+        if has_ann(path):
+            approx = read_ann(path, len(table), meta.get("model") or {})
     return VideoIndex(
         video_ids=[str(v) for v in table.column("video_id").to_pylist()],
         paths=[str(p or "") for p in table.column("path").to_pylist()],
@@ -134,6 +148,7 @@ def read_index(path: str | Path) -> VideoIndex:
         sizes=table.column("size").to_numpy().astype(np.int64),
         mtimes=table.column("mtime_ns").to_numpy().astype(np.int64),
         skipped=skipped,
+        ann=approx,
     )
 
 
@@ -213,16 +228,32 @@ def _first_k(scores: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Te
 
 
 def search_index(
-    index: VideoIndex, queries: torch.Tensor, k: int, chunk_size: int = CHUNK_ROWS
+    index: VideoIndex,
+    queries: torch.Tensor,
+    k: int,
+    chunk_size: int = CHUNK_ROWS,
+    *,
+    exact: bool = False,
+    nprobe: int | None = None,
 ) -> list[list[tuple[int, str, float, str]]]:
-    """Per query, ``[(rank, video_id, score, path), ...]`` of its ``k`` best videos (see :func:`topk`)."""
-    scores, rows = topk(queries, index.embeddings, k, chunk_size)
+    """Per query, ``[(rank, video_id, score, path), ...]`` of its ``k`` best videos: exact (see
+    :func:`topk`), or from the index's approximate index when it has one and ``exact`` is false
+    (``nprobe``: IVF cells scanned, default the index's own)."""
+    if index.ann is not None and not exact and len(index):
+        if k < 1:
+            raise ValueError(f"search: k must be >= 1, got {k}")
+        s_arr, r_arr = index.ann.search(queries, k, index.embeddings, nprobe=nprobe)
+        scores, rows = s_arr.tolist(), r_arr.tolist()
+    else:
+        s_t, r_t = topk(queries, index.embeddings, k, chunk_size)
+        scores, rows = s_t.tolist(), r_t.tolist()
     return [
         [
             (r + 1, index.video_ids[i], float(s), index.paths[i])
             for r, (s, i) in enumerate(zip(ss, ii, strict=True))
+            if i >= 0
         ]
-        for ss, ii in zip(scores.tolist(), rows.tolist(), strict=True)
+        for ss, ii in zip(scores, rows, strict=True)
     ]
 
 
