@@ -76,7 +76,8 @@ def _sample_part(part: dict[str, Any], **params: Any) -> dict[str, int]:
     ids = [str(v) for v in part["video_id"]]
     paths = [str(p) for p in part["path"]]
     splits = dict(zip(ids, (str(s) for s in part["split"]), strict=True))
-    results = [_process(_Task(v, p, **params)) for v, p in zip(ids, paths, strict=True)]
+    opens = [str(p) for p in part["open"]]  # ``path`` made absolute; ``path`` itself is what is recorded
+    results = [_process(_Task(v, p, **params)) for v, p in zip(ids, opens, strict=True)]
     _write_part(Path(part["part"]), results, splits, dict(zip(ids, paths, strict=True)))
     return {"videos": len(ids), "frames": sum(len(r.get("images", ())) for r in results)}
 
@@ -256,10 +257,11 @@ def extract_frames(
                 bar.update(int(row["videos"]))
 
             parts = [
-                {
-                    "part": str(part_paths[b]),
+                {  # absolute paths for the workers (their working directory is not ours)
+                    "part": str(part_paths[b].resolve()),
                     "video_id": batches[b].video_id.tolist(),
                     "path": batches[b].path.tolist(),
+                    "open": [os.path.abspath(p) for p in batches[b].path],
                     "split": batches[b].split.tolist(),
                 }
                 for b in todo
