@@ -27,15 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from discovla.artifacts.captions import CAPTIONS_SCHEMA, check_one_caption_per_frame, import_pseudo_captions
-from discovla.artifacts.frames import (
-    KEYS,
-    count_frames,
-    frame_shards,
-    iter_frame_batches,
-    read_frame_rows,
-    read_frames_index,
-    shard_batch_sizes,
-)
+from discovla.artifacts.frame_rows import read_frame_rows, shard_batch_sizes
+from discovla.artifacts.frames import KEYS, count_frames, frame_shards, iter_frame_batches, read_frames_index
 from discovla.captioner import ORACLE, Captioner, load_captioner
 from discovla.data.shapes import caption_agreement, match_frame_truth
 from discovla.engines import EngineParams
