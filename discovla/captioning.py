@@ -110,6 +110,7 @@ def caption_frames_ray(
     captioners (``engine.num_gpus`` GPUs each) writes ``work_dir/<key>/part-XXXXX.parquet`` per part (key:
     hash of the shards' names, sizes and mtimes, the model files and the params), so a rerun after a kill
     captions only the missing parts; that directory is removed after success."""
+    load_captioner(model, "cpu")  # here too: a missing model is one line before Ray starts
     shards = frame_shards(frames_dir)
     plan: list[dict[str, Any]] = []  # absolute paths for the workers (their working directory is not ours)
     for path in shards:

@@ -237,3 +237,39 @@ def test_index_ray_writes_the_local_index(ray_cluster: str, tmp_path: Path) -> N
     _same_dir(tmp_path / "local", tmp_path / "ray")
     assert read_index(tmp_path / "ray").meta == read_index(tmp_path / "local").meta
     assert not (tmp_path / "w").exists()
+
+
+def test_captions_stage_on_a_ray_cluster(
+    ray_cluster: str,
+    world: Path,  # noqa: F811
+    tiny_blip: Path,
+    tmp_path: Path,
+) -> None:
+    """The stage script with ``engine.captions: ray``: the local engine's table; a missing model: one line."""
+    tables = {}
+    for engine in ("local", "ray", "missing"):
+        cwd = tmp_path / engine
+        (cwd / "data").mkdir(parents=True)
+        (cwd / "data/frames").symlink_to(world / "data/frames")
+        model = tmp_path / "none" if engine == "missing" else tiny_blip
+        params = {
+            "data": {"dataset": "shapes", "root": str(world / "data/shapes")},
+            "captioner": {"model": str(model), "batch_size": 3, "max_new_tokens": 6},
+        }
+        (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+        (cwd / "engine.yaml").write_text(
+            yaml.safe_dump(
+                {"engine": {"captions": "local" if engine == "local" else "ray", "part_frames": 5}}
+            )
+        )
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_cluster}
+        res = subprocess.run(stage_command("captions"), cwd=cwd, capture_output=True, text=True, env=env)
+        if engine == "missing":
+            assert res.returncode == 2 and res.stderr.startswith("error: captioner.model:"), res.stderr
+            assert res.stderr.strip().count("\n") == 0
+            continue
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip().splitlines()[-1].startswith("captions: 12 frames of 3 videos")
+        tables[engine] = cwd / "data/captions.parquet"
+        assert not (cwd / ".work/captions").exists()
+    assert filecmp.cmp(tables["local"], tables["ray"], shallow=False)
