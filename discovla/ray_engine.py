@@ -50,7 +50,11 @@ def ray_session(engine: EngineParams) -> Iterator[Any]:
     address = engine.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         package = str(Path(__file__).resolve().parent)
-        ray.init(address=address, runtime_env={"py_modules": [package]}, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env={"py_modules": [package]}, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise EngineError(f"engine: cannot reach the Ray cluster at {address!r}: {reason}") from None
     else:
         ray.init(num_cpus=engine.num_cpus or None, include_dashboard=False, log_to_driver=False)
     _quiet()
