@@ -35,6 +35,7 @@ from discovla.artifacts.frames import (
     encode_frames,
     frames_schema,
 )
+from discovla.engines import EngineParams
 from discovla.io import atomic_dir, write_parquet
 from discovla.sampling import VideoError, sample_frames
 
@@ -67,6 +68,18 @@ def _process(task: _Task) -> dict[str, Any]:
         "duration": s.duration,
         "repeated": s.repeated,
     }
+
+
+def _sample_part(part: dict[str, Any], **params: Any) -> dict[str, int]:
+    """Ray task (the ``ray`` engine): sample one batch of videos with :func:`_process` and write its part
+    file with :func:`_write_part`, as the local engine does."""
+    ids = [str(v) for v in part["video_id"]]
+    paths = [str(p) for p in part["path"]]
+    splits = dict(zip(ids, (str(s) for s in part["split"]), strict=True))
+    opens = [str(p) for p in part["open"]]  # ``path`` made absolute; ``path`` itself is what is recorded
+    results = [_process(_Task(v, p, **params)) for v, p in zip(ids, opens, strict=True)]
+    _write_part(Path(part["part"]), results, splits, dict(zip(ids, paths, strict=True)))
+    return {"videos": len(ids), "frames": sum(len(r.get("images", ())) for r in results)}
 
 
 def _work_key(videos: pd.DataFrame, num_frames: int, size: int, max_fps: float | None, batch: int) -> str:
@@ -195,6 +208,7 @@ def extract_frames(
     max_fps: float | None = None,
     timeout: float = 600.0,
     progress: bool = True,
+    engine: EngineParams | None = None,
 ) -> dict[str, Any]:
     """Sample every video of ``videos`` (columns video_id, path, split) and write ``out_dir``.
 
@@ -205,6 +219,9 @@ def extract_frames(
     params and versions), so a rerun after a crash decodes only the missing batches; that directory is
     removed after success.
     ``work_dir`` is the caller's (the stage passes ``.work/frames``): this module knows no pipeline paths.
+    ``engine.frames == "ray"``: the batches are sampled as a Ray Data pipeline
+    (:func:`discovla.ray_engine.sample_parts`: the same worker function and part files, so either engine
+    resumes the other's parts, and the same store); else in ``workers`` local processes.
 
     Returns metrics: videos, done, skipped, skipped_by_reason (keyed by the reason's category, the text
     before ':'), repeated, frames, shards, resumed (videos taken from earlier parts), seconds, and
@@ -231,14 +248,35 @@ def extract_frames(
     ]
     new_frames = 0
     with tqdm(total=len(videos), initial=resumed, desc="frames", unit="video", disable=not progress) as bar:
-        results = _pending_results(tasks, workers, bar)
-        try:
-            for b in todo:
-                batch = [next(results) for _ in range(len(batches[b]))]
-                new_frames += sum(len(r.get("images", ())) for r in batch)
-                _write_part(part_paths[b], batch, splits, paths)
-        finally:
-            results.close()  # stops the worker pool, also on error
+        if engine is not None and engine.frames == "ray":
+            from discovla.ray_engine import run_parts
+
+            def done(row: dict[str, Any]) -> None:
+                nonlocal new_frames
+                new_frames += int(row["frames"])
+                bar.update(int(row["videos"]))
+
+            parts = [
+                {  # absolute paths for the workers (their working directory is not ours)
+                    "part": str(part_paths[b].resolve()),
+                    "video_id": batches[b].video_id.tolist(),
+                    "path": batches[b].path.tolist(),
+                    "open": [os.path.abspath(p) for p in batches[b].path],
+                    "split": batches[b].split.tolist(),
+                }
+                for b in todo
+            ]
+            params = {"num_frames": num_frames, "size": size, "max_fps": max_fps, "timeout": timeout}
+            run_parts(parts, _sample_part, engine=engine, on_done=done, kwargs=params)
+        else:
+            results = _pending_results(tasks, workers, bar)
+            try:
+                for b in todo:
+                    batch = [next(results) for _ in range(len(batches[b]))]
+                    new_frames += sum(len(r.get("images", ())) for r in batch)
+                    _write_part(part_paths[b], batch, splits, paths)
+            finally:
+                results.close()  # stops the worker pool, also on error
 
     video_rows: list[list[Any]] = []
     skipped_rows: list[list[Any]] = []

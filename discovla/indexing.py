@@ -11,11 +11,16 @@
   a re-run keeps the previous one's kind and parameters (and its trained IVF cells) unless told otherwise.
 - :func:`build_split_index` (the ``index`` stage) and :func:`ensure_split_index` (``discovla search``
   without ``--index``): one split of the feature cache, from its stored pixels (no decoding), with the
-  video paths of the dataset when they are known.
+  video paths of the dataset when they are known. With ``engine.index == "ray"`` the split is embedded
+  by an actor pool of retrievers on Ray (:func:`embed_split_ray`), in the local engine's batches, each
+  part of the split kept under a work directory until the index is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +48,9 @@ from discovla.artifacts.index import (
 )
 from discovla.batching import batches
 from discovla.data.folder import VIDEO_EXTS
+from discovla.engines import EngineParams
 from discovla.errors import DiscoVLAError
+from discovla.io import atomic_path
 from discovla.retriever import Retriever
 from discovla.sampling import VideoError
 
@@ -285,6 +292,84 @@ def dataset_video_paths(dataset: str, root: str | Path) -> dict[str, str]:
     return {str(v): str(p) for v, p in zip(videos.video_id, videos.path, strict=True) if Path(p).is_file()}
 
 
+def _embed_batch(retriever: Retriever, features: Features, vids: np.ndarray) -> torch.Tensor:
+    """One forward pass: the embeddings of feature-cache rows ``vids``."""
+    return retriever.embed_pixels(torch.stack([retriever.check_frames(v) for v in features.pixels[vids]]))
+
+
+class _EmbedParts:
+    """Ray actor (the ``ray`` engine): one retriever and the feature cache; embeds a part's videos in the
+    local engine's batches and writes them as ``.npy`` (float32 ``[N, D]``)."""
+
+    def __init__(self, adapters_dir: str, zeroshot: bool, device: str, features_dir: str) -> None:
+        self.retriever = Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)
+        self.features = load_features(features_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
+        (vids,), (per_batch,), (out,) = (batch[k] for k in ("vids", "per_batch", "part"))
+        vids = np.asarray(vids, np.int64)
+        emb = [
+            _embed_batch(self.retriever, self.features, vids[sl]) for sl in batches(len(vids), int(per_batch))
+        ]
+        with atomic_path(str(out)) as tmp, open(tmp, "wb") as f:
+            np.save(f, torch.cat(emb).cpu().numpy(), allow_pickle=False)
+        return {"videos": [len(vids)]}
+
+
+def embed_split_ray(
+    features_dir: str | Path,
+    adapters_dir: str | Path,
+    vids: np.ndarray,
+    per_batch: int,
+    *,
+    zeroshot: bool,
+    engine: EngineParams,
+    work_dir: str | Path,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The embeddings of feature-cache rows ``vids`` on Ray: parts of whole batches of ``per_batch``
+    videos (about ``engine.part_frames`` frames) on an actor pool of ``engine.actors`` retrievers, each
+    part kept as ``work_dir/<key>/part-XXXXX.npy`` (key: hash of the cache, the adapters' files, the rows
+    and the batching) so that a rerun after a kill embeds only the missing parts; removed after success."""
+    from discovla.ray_engine import actor_device, run_parts
+
+    features = load_features(features_dir)
+    stamps = [
+        [str(f), f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(Path(adapters_dir).rglob("*"))
+        if f.is_file()
+    ]
+    per_part = per_batch * max(1, engine.part_frames // (per_batch * features.num_frames))
+    blob = [1, features.fingerprint(), stamps, zeroshot, per_batch, per_part, np.asarray(vids).tolist()]
+    parts_dir = Path(work_dir).resolve() / hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:16]
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    plan = [
+        {"part": str(parts_dir / f"part-{i:05d}.npy"), "vids": vids[sl].tolist(), "per_batch": per_batch}
+        for i, sl in enumerate(batches(len(vids), per_part))
+    ]
+    todo = [p for p in plan if not Path(p["part"]).exists()]
+    kwargs = {  # absolute paths for the workers (their working directory is not ours)
+        "adapters_dir": str(Path(adapters_dir).resolve()),
+        "zeroshot": zeroshot,
+        "device": actor_device(engine),
+        "features_dir": str(Path(features_dir).resolve()),
+    }
+    resumed = len(vids) - sum(len(p["vids"]) for p in todo)
+    with tqdm(
+        total=len(vids), initial=resumed, desc="index (ray)", unit="video", disable=not progress
+    ) as bar:
+        run_parts(
+            todo, _EmbedParts, engine=engine, on_done=lambda r: bar.update(int(r["videos"])), kwargs=kwargs
+        )
+    emb = torch.cat([torch.from_numpy(np.load(p["part"], allow_pickle=False)) for p in plan])
+    shutil.rmtree(parts_dir)
+    try:
+        Path(work_dir).rmdir()  # only if no other (stale) work is left in it
+    except OSError:
+        pass
+    return emb
+
+
 def split_index(
     retriever: Retriever,
     features: Features,
@@ -292,8 +377,12 @@ def split_index(
     paths: dict[str, str] | None = None,
     batch_size: int = 256,
     source: dict[str, Any] | None = None,
+    embed: Callable[[np.ndarray, int], torch.Tensor] | None = None,
 ) -> VideoIndex:
-    """The videos of ``split`` embedded from the feature cache's pixels (as the evaluate stage does)."""
+    """The videos of ``split`` embedded from the feature cache's pixels (as the evaluate stage does).
+
+    ``embed(vids, per_batch)``: the embeddings of those feature-cache rows, batch by batch (default: here,
+    with ``retriever``; the ray engine passes :func:`embed_split_ray`)."""
     vids = features.split_videos(split)
     if len(vids) == 0:
         raise VideoIndexError(f"the feature cache has no {split!r} videos")
@@ -311,10 +400,10 @@ def split_index(
             f"(dvc repro) or pass the adapters trained on it (--adapters)"
         )
     per_batch = max(1, batch_size // frames)
-    emb = [
-        retriever.embed_pixels(torch.stack([retriever.check_frames(v) for v in features.pixels[vids[sl]]]))
-        for sl in batches(len(vids), per_batch)
-    ]
+    if embed is None:
+        emb = [_embed_batch(retriever, features, vids[sl]) for sl in batches(len(vids), per_batch)]
+    else:
+        emb = [embed(vids, per_batch)]
     ids = [features.video_ids[i] for i in vids]
     paths = paths or {}
     src = {"kind": "split", "split": split, "features_digest": features.fingerprint(), **(source or {})}
@@ -337,12 +426,32 @@ def build_split_index(
     device: str = "auto",
     batch_size: int = 256,
     retriever: Retriever | None = None,
+    engine: EngineParams | None = None,
+    work_dir: str | Path | None = None,
 ) -> VideoIndex:
     """Index the ``split`` videos of the feature cache ``features_dir`` with the model of ``adapters_dir``
-    (or ``retriever``, already loaded) into ``out``; ``paths``: ``video_id -> file`` shown by search."""
+    (or ``retriever``, already loaded) into ``out``; ``paths``: ``video_id -> file`` shown by search.
+    ``engine.index == "ray"``: embedded on Ray (:func:`embed_split_ray`, parts under ``work_dir``)."""
     retriever = retriever or Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)
     features = load_features(features_dir)
-    index = split_index(retriever, features, split, paths, batch_size, {"features": str(features_dir)})
+    embed = None
+    if engine is not None and engine.index == "ray":
+        if work_dir is None or not adapters_dir:
+            raise VideoIndexError("the ray index engine needs the adapters directory and a work directory")
+
+        def embed(vids: np.ndarray, per_batch: int) -> torch.Tensor:
+            return embed_split_ray(
+                features_dir,
+                adapters_dir,
+                vids,
+                per_batch,
+                zeroshot=zeroshot,
+                engine=engine,
+                work_dir=work_dir,
+            )
+
+    source = {"features": str(features_dir)}
+    index = split_index(retriever, features, split, paths, batch_size, source, embed=embed)
     write_index(out, index)
     return index
 

@@ -1,6 +1,7 @@
 """Stage ``captions``: one pseudo caption per sampled frame (BLIP captioner, ``oracle``, or imported JSON).
 
-Reads params ``data`` and ``captioner``, the frames store and, on the shapes world,
+Reads params ``data`` and ``captioner``, ``engine.captions`` (engine.yaml: ``ray`` captions on an actor
+pool of captioners on Ray, resumable parts under ``--work``), the frames store and, on the shapes world,
 ``<data.root>/frame_truth.parquet``. Writes the captions table (video_id, frame, caption: exactly one row
 per frame row) and its metrics (counts, speed, agreement with the shapes ground truth).
 """
@@ -15,6 +16,7 @@ from discovla.artifacts.captions import write_captions
 from discovla.artifacts.metrics import write_metrics
 from discovla.captioning import make_captions
 from discovla.config import load_params_or_exit
+from discovla.engines import load_engine_params_or_exit
 from discovla.errors import run_stage
 
 
@@ -23,8 +25,13 @@ def main(
     out: Path = typer.Option(..., help="Captions table to write (Parquet)."),
     metrics: Path = typer.Option(..., help="Captions metrics JSON."),
     info: Path = typer.Option(..., help="Run information JSON: timings, speeds, device (not a DVC metric)."),
+    work: Path = typer.Option(
+        Path(".work/captions"),
+        help="Scratch directory of the ray engine's resumable parts (removed on success).",
+    ),
 ) -> None:
     params = load_params_or_exit()
+    engine = load_engine_params_or_exit()
     c = params.captioner
     captions, stats = make_captions(
         c.model,
@@ -34,6 +41,8 @@ def main(
         num_beams=c.num_beams,
         dataset=params.data.dataset,
         root=params.data.root,
+        engine=engine,
+        work_dir=work,
     )
     write_captions(out, captions)
     write_metrics(metrics, info, stats)

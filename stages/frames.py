@@ -1,6 +1,7 @@
 """Stage ``frames``: sample F frames per video (PyAV, in process) into the frames store (Parquet shards).
 
-Reads params ``data`` and ``frames`` and the dataset at ``data.root``. Writes the store (shards,
+Reads params ``data`` and ``frames``, ``engine.frames`` (engine.yaml: ``ray`` samples as a Ray Data
+pipeline, :mod:`discovla.ray_engine`) and the dataset at ``data.root``. Writes the store (shards,
 videos.csv, skipped.csv; see docs/formats.md) and its metrics, which count the annotation rows the dataset
 reader skipped (``discovla datasets check`` lists them with their reasons). Unreadable videos are listed
 in skipped.csv and the stage still succeeds; it fails (one line, non-zero status) only when the dataset
@@ -18,6 +19,7 @@ from discovla.artifacts.metrics import write_metrics
 from discovla.config import load_params_or_exit
 from discovla.data import DatasetError
 from discovla.data.registry import load_dataset
+from discovla.engines import load_engine_params_or_exit
 from discovla.errors import run_stage
 from discovla.extraction import extract_frames
 
@@ -29,6 +31,7 @@ def main(
     work: Path = typer.Option(..., help="Scratch directory for resumable batches (removed on success)."),
 ) -> None:
     params = load_params_or_exit()
+    engine = load_engine_params_or_exit()
     data, fp = params.data, params.frames
     dataset = load_dataset(data.dataset, data.root)
     if len(dataset.videos) == 0:
@@ -42,6 +45,7 @@ def main(
         shard_rows=fp.shard_rows,
         work_dir=work,
         max_fps=fp.max_fps or None,
+        engine=engine,
     )
     stats["annotation_rows_skipped"] = len(dataset.skipped)
     write_metrics(metrics, info, stats)

@@ -19,7 +19,9 @@ script or the closure; resolved by name, the calling module first). An alias is 
 a key; ``<params>.<section>`` or an alias used any other way (passed on, returned) reads the whole section.
 Only the section and key names of ``discovla.config.Params`` count; names are flow-insensitive within a
 function. Fails when a read is not covered by the stage's ``params:`` (a section covers its keys) and when a
-listed section or key is never read.
+listed section or key is never read. The ``engine`` section (``discovla.engines.EngineParams``, in
+engine.yaml until ``Params`` takes it) is returned by its own loaders: a name assigned their result is an
+alias of ``engine``; dvc.yaml lists it under its file (``- engine.yaml: [engine]``).
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ from pathlib import Path
 import yaml
 
 from discovla.config import Params
+from discovla.engines import SECTION as ENGINE
+from discovla.engines import EngineParams
 from discovla.provenance import file_imports, module_path
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = "discovla"
 LOADERS = {"load_params", "load_params_or_exit"}
 SECTIONS = {s: set(f.annotation.model_fields) for s, f in Params.model_fields.items()}
+SECTIONS[ENGINE] = set(EngineParams.model_fields)
+SECTION_LOADERS = {"load_engine_params": ENGINE, "load_engine_params_or_exit": ENGINE}  # return one section
 HERE = ("Path(__file__).parent / ", "Path(__file__).resolve().parent / ")
 
 
@@ -121,12 +127,18 @@ def params_read(script: Path, trees: dict[Path, ast.Module]) -> set[str]:
             id(v): v.attr for t, v in named if isinstance(v, ast.Attribute) and _is_params(v.value, pvs)
         }
         alias = {t: aliased[id(v)] for t, v in named if aliased.get(id(v)) in SECTIONS}
+        alias |= {
+            t: SECTION_LOADERS[name]
+            for t, v in named
+            if isinstance(v, ast.Call)
+            and (name := getattr(v.func, "id", getattr(v.func, "attr", ""))) in SECTION_LOADERS
+        }
         for n in nodes:
             up, sec = parent.get(id(n)), None
             if isinstance(n, ast.Attribute) and _is_params(n.value, pvs) and id(n) not in aliased:
                 sec = n.attr  # an alias's reads are counted where the alias is used
                 if sec == "model_dump":  # the whole params, e.g. a diff against the defaults
-                    reads.update(SECTIONS)
+                    reads.update(Params.model_fields)
             elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
                 sec = alias.get(n.id)
             if sec in SECTIONS and isinstance(up, ast.Attribute) and up.value is n:
@@ -182,6 +194,7 @@ def check_stage(name: str, stage: dict, outs: set[str], root: Path = REPO) -> li
             problems.append(f"stage {name}: dep {d} is not imported or read by its code (stale)")
     reads = params_read(root / found.group(1), trees)
     listed = [e for e in stage.get("params", []) if isinstance(e, str)]
+    listed += [k for e in stage.get("params", []) if isinstance(e, dict) for keys in e.values() for k in keys]
     problems += [
         f"stage {name}: reads params {r} but dvc.yaml does not list it"
         for r in sorted(reads)
@@ -241,6 +254,17 @@ def test_checker_reports_drift() -> None:
         "stage evaluate: reads params model.context_length but dvc.yaml does not list it",
         "stage evaluate: lists params lora but never reads it",
     } <= set(check_pipeline(dvc))
+
+
+def test_checker_knows_the_engine_section() -> None:
+    """``engine`` (engine.yaml, read through its own loader) must be listed by the stages that read it."""
+    dvc = copy.deepcopy(_dvc())
+    dvc["stages"]["frames"]["params"] = ["data", "frames"]
+    dvc["stages"]["shapes"]["params"] += [{"engine.yaml": ["engine"]}]
+    assert {
+        "stage frames: reads params engine but dvc.yaml does not list it",
+        "stage shapes: lists params engine but never reads it",
+    } == set(check_pipeline(dvc))
 
 
 def test_checker_follows_new_imports_and_params(tmp_path: Path) -> None:
