@@ -33,7 +33,7 @@ from typing import Any
 import typer
 
 from discovla.captioning import make_captions
-from discovla.data import load_dataset
+from discovla.data.registry import load_dataset
 from discovla.engines import EngineParams
 from discovla.extraction import extract_frames
 from discovla.io import write_json

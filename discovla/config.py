@@ -143,6 +143,24 @@ class ReportParams(_Section):
     strip_frames: int = Field(4, ge=1, le=64)
 
 
+class EngineParams(_Section):
+    """Which engine runs the per-video stages (frames, captions, index) and how Ray is reached and sized:
+    ``local`` is this machine's process pool / device, ``ray`` the same code as a Ray Data pipeline
+    (:mod:`discovla.ray_engine`)."""
+
+    frames: Literal["local", "ray"] = "local"  # frame sampling: process pool | Ray Data CPU map
+    captions: Literal["local", "ray"] = "local"  # BLIP captioning: one device | actor pool of captioners
+    index: Literal["local", "ray"] = "local"  # the index stage's embedding: one device | actor pool
+    address: str = ""  # Ray cluster ('ray://host:10001', 'auto'); '': $RAY_ADDRESS, else a local Ray
+    num_cpus: int = Field(0, ge=0, le=4096)  # CPUs of a local Ray (0: all of this machine's)
+    actors: int = Field(1, ge=1, le=4096)  # captioner / retriever actors (one model copy each)
+    num_gpus: float = Field(0.0, ge=0.0, le=8.0)  # GPUs per actor (0: CPU actors)
+    part_frames: int = Field(4096, ge=1)  # captions and index: frames per resumable part (whole batches)
+
+    def uses_ray(self) -> bool:
+        return "ray" in (self.frames, self.captions, self.index)
+
+
 class Params(_Section):
     data: DataParams = Field(default_factory=DataParams)
     shapes: ShapesParams = Field(default_factory=ShapesParams)
@@ -158,6 +176,7 @@ class Params(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)
+    engine: EngineParams = Field(default_factory=EngineParams)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -1,6 +1,6 @@
 """Stage ``captions``: one pseudo caption per sampled frame (BLIP captioner, ``oracle``, or imported JSON).
 
-Reads params ``data`` and ``captioner``, ``engine.captions`` (engine.yaml: ``ray`` captions on an actor
+Reads params ``data`` and ``captioner``, ``engine.captions`` (``ray`` captions on an actor
 pool of captioners on Ray, resumable parts under ``--work``), the frames store and, on the shapes world,
 ``<data.root>/frame_truth.parquet``. Writes the captions table (video_id, frame, caption: exactly one row
 per frame row) and its metrics (counts, speed, agreement with the shapes ground truth).
@@ -16,7 +16,6 @@ from discovla.artifacts.captions import write_captions
 from discovla.artifacts.metrics import write_metrics
 from discovla.captioning import make_captions
 from discovla.config import load_params_or_exit
-from discovla.engines import load_engine_params_or_exit
 from discovla.errors import run_stage
 
 
@@ -31,7 +30,7 @@ def main(
     ),
 ) -> None:
     params = load_params_or_exit()
-    engine = load_engine_params_or_exit()
+    engine = params.engine
     c = params.captioner
     captions, stats = make_captions(
         c.model,

@@ -1,6 +1,6 @@
 """Stage ``frames``: sample F frames per video (PyAV, in process) into the frames store (Parquet shards).
 
-Reads params ``data`` and ``frames``, ``engine.frames`` (engine.yaml: ``ray`` samples as a Ray Data
+Reads params ``data`` and ``frames``, ``engine.frames`` (``ray`` samples as a Ray Data
 pipeline, :mod:`discovla.ray_engine`) and the dataset at ``data.root``. Writes the store (shards,
 videos.csv, skipped.csv; see docs/formats.md) and its metrics, which count the annotation rows the dataset
 reader skipped (``discovla datasets check`` lists them with their reasons). Unreadable videos are listed
@@ -19,7 +19,6 @@ from discovla.artifacts.metrics import write_metrics
 from discovla.config import load_params_or_exit
 from discovla.data import DatasetError
 from discovla.data.registry import load_dataset
-from discovla.engines import load_engine_params_or_exit
 from discovla.errors import run_stage
 from discovla.extraction import extract_frames
 
@@ -31,7 +30,7 @@ def main(
     work: Path = typer.Option(..., help="Scratch directory for resumable batches (removed on success)."),
 ) -> None:
     params = load_params_or_exit()
-    engine = load_engine_params_or_exit()
+    engine = params.engine
     data, fp = params.data, params.frames
     dataset = load_dataset(data.dataset, data.root)
     if len(dataset.videos) == 0:

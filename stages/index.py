@@ -2,7 +2,7 @@
 
 Reads params ``data`` (where the dataset's video files are, so that search can show their paths), the
 feature cache (the split's stored pixels: nothing is decoded again) and the trained adapters;
-``engine.index`` (engine.yaml): ``ray`` embeds on an actor pool of retrievers on Ray, with resumable parts
+``engine.index``: ``ray`` embeds on an actor pool of retrievers on Ray, with resumable parts
 under ``--work``.
 """
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import typer
 
 from discovla.config import load_params_or_exit
-from discovla.engines import load_engine_params_or_exit
 from discovla.errors import run_stage
 from discovla.indexing import build_split_index, dataset_video_paths
 
@@ -31,7 +30,7 @@ def main(
     ),
 ) -> None:
     params = load_params_or_exit()
-    engine = load_engine_params_or_exit()
+    engine = params.engine
     paths = dataset_video_paths(params.data.dataset, params.data.root)
     index = build_split_index(features, adapters, split, out, paths=paths, engine=engine, work_dir=work)
     with_paths = sum(1 for p in index.paths if p)

@@ -19,9 +19,7 @@ script or the closure; resolved by name, the calling module first). An alias is 
 a key; ``<params>.<section>`` or an alias used any other way (passed on, returned) reads the whole section.
 Only the section and key names of ``discovla.config.Params`` count; names are flow-insensitive within a
 function. Fails when a read is not covered by the stage's ``params:`` (a section covers its keys) and when a
-listed section or key is never read. The ``engine`` section (``discovla.engines.EngineParams``, in
-engine.yaml until ``Params`` takes it) is returned by its own loaders: a name assigned their result is an
-alias of ``engine``; dvc.yaml lists it under its file (``- engine.yaml: [engine]``).
+listed section or key is never read.
 """
 
 from __future__ import annotations
@@ -36,16 +34,12 @@ from pathlib import Path
 import yaml
 
 from discovla.config import Params
-from discovla.engines import SECTION as ENGINE
-from discovla.engines import EngineParams
 from discovla.provenance import file_imports, module_path
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = "discovla"
 LOADERS = {"load_params", "load_params_or_exit"}
 SECTIONS = {s: set(f.annotation.model_fields) for s, f in Params.model_fields.items()}
-SECTIONS[ENGINE] = set(EngineParams.model_fields)
-SECTION_LOADERS = {"load_engine_params": ENGINE, "load_engine_params_or_exit": ENGINE}  # return one section
 HERE = ("Path(__file__).parent / ", "Path(__file__).resolve().parent / ")
 
 
@@ -127,12 +121,6 @@ def params_read(script: Path, trees: dict[Path, ast.Module]) -> set[str]:
             id(v): v.attr for t, v in named if isinstance(v, ast.Attribute) and _is_params(v.value, pvs)
         }
         alias = {t: aliased[id(v)] for t, v in named if aliased.get(id(v)) in SECTIONS}
-        alias |= {
-            t: SECTION_LOADERS[name]
-            for t, v in named
-            if isinstance(v, ast.Call)
-            and (name := getattr(v.func, "id", getattr(v.func, "attr", ""))) in SECTION_LOADERS
-        }
         for n in nodes:
             up, sec = parent.get(id(n)), None
             if isinstance(n, ast.Attribute) and _is_params(n.value, pvs) and id(n) not in aliased:
@@ -257,10 +245,10 @@ def test_checker_reports_drift() -> None:
 
 
 def test_checker_knows_the_engine_section() -> None:
-    """``engine`` (engine.yaml, read through its own loader) must be listed by the stages that read it."""
+    """``engine`` must be listed by the stages that read it (frames, captions, index), and only by them."""
     dvc = copy.deepcopy(_dvc())
     dvc["stages"]["frames"]["params"] = ["data", "frames"]
-    dvc["stages"]["shapes"]["params"] += [{"engine.yaml": ["engine"]}]
+    dvc["stages"]["shapes"]["params"] += ["engine"]
     assert {
         "stage frames: reads params engine but dvc.yaml does not list it",
         "stage shapes: lists params engine but never reads it",

@@ -1,5 +1,5 @@
-"""The ``ray`` engine of the frames, captions and index stages (engine.yaml): the same outputs as the local
-engine (byte for byte), resume after a kill, the engine params and the stage wiring. One small local Ray
+"""The ``ray`` engine of the frames, captions and index stages (params ``engine``): the same outputs as the
+local engine (byte for byte), resume after a kill, the engine params and the stage wiring. One small local Ray
 for the whole session (two CPUs, no dashboard), shut down at the end."""
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import discovla.captioning as captioning
 from discovla.artifacts.captions import write_captions
 from discovla.artifacts.index import read_index
 from discovla.captioning import make_captions
-from discovla.data import load_dataset
-from discovla.engines import EngineError, EngineParams, engine_from_dict, load_engine_params
+from discovla.config import ParamsError, load_params, params_from_dict
+from discovla.data.registry import load_dataset
+from discovla.engines import EngineParams
 from discovla.extraction import extract_frames
 from discovla.images import encode_png
 from discovla.indexing import build_split_index
@@ -64,32 +65,27 @@ def _untimed(stats: dict) -> dict:
 # ------------------------------------------------------------------------------------------ params
 
 
-def test_engine_params(tmp_path: Path) -> None:
-    assert load_engine_params(tmp_path / "none.yaml") == EngineParams()  # no file: every stage local
+def test_engine_params() -> None:
+    assert params_from_dict({}).engine == EngineParams()  # no section: every stage local
     assert not EngineParams().uses_ray() and RAY.uses_ray()
-    (tmp_path / "engine.yaml").write_text("engine:\n  captions: ray\n  actors: 4\n  num_gpus: 1\n")
-    p = load_engine_params(tmp_path / "engine.yaml")
+    p = params_from_dict({"engine": {"captions": "ray", "actors": 4, "num_gpus": 1}}).engine
     assert (p.frames, p.captions, p.actors, p.num_gpus) == ("local", "ray", 4, 1.0)
-    with pytest.raises(EngineError, match=r"^engine\.frames: Input should be 'local' or 'ray', got 'spark'$"):
-        engine_from_dict({"frames": "spark"})
-    with pytest.raises(EngineError, match=r"^engine\.workers: unknown key \(allowed: frames, captions"):
-        engine_from_dict({"workers": 2})
-    (tmp_path / "engine.yaml").write_text("frames: ray\n")
-    with pytest.raises(EngineError, match="expected one section, engine:"):
-        load_engine_params(tmp_path / "engine.yaml")
+    with pytest.raises(ParamsError, match=r"^engine\.frames: expected one of local, ray, got 'spark'$"):
+        params_from_dict({"engine": {"frames": "spark"}})
+    with pytest.raises(ParamsError, match=r"^engine\.workers: unknown key \(allowed: frames, captions"):
+        params_from_dict({"engine": {"workers": 2}})
 
 
-def test_the_repository_engine_file_keeps_every_stage_local() -> None:
+def test_the_repository_params_keep_every_stage_local() -> None:
     repo = Path(__file__).resolve().parents[1]
-    assert load_engine_params(repo / "engine.yaml") == EngineParams()
+    assert load_params(repo / "params.yaml").engine == EngineParams()
 
 
-def test_a_bad_engine_file_stops_the_stage_with_one_line(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("data:\n  dataset: shapes\n")
-    (tmp_path / "engine.yaml").write_text("engine:\n  frames: spark\n")
+def test_a_bad_engine_param_stops_the_stage_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("data:\n  dataset: shapes\nengine:\n  frames: spark\n")
     r = subprocess.run(stage_command("frames"), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
-    assert r.stderr.startswith("error: engine.yaml: engine.frames: Input should be 'local' or 'ray'")
+    assert r.stderr.startswith("error: params.yaml: engine.frames: expected one of local, ray")
 
 
 # ------------------------------------------------------------------------------------------ frames
@@ -146,8 +142,7 @@ def test_frames_stage_on_a_ray_cluster(ray_cluster: str, tmp_path: Path) -> None
     for name, engine in (("local", "local"), ("ray", "ray")):
         cwd = tmp_path / name
         cwd.mkdir()
-        (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-        (cwd / "engine.yaml").write_text(yaml.safe_dump({"engine": {"frames": engine}}))
+        (cwd / "params.yaml").write_text(yaml.safe_dump({**params, "engine": {"frames": engine}}))
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "RAY_ADDRESS": ray_cluster}
         runs[name] = subprocess.run(
             stage_command("frames"), cwd=cwd, capture_output=True, text=True, env=env, timeout=300
@@ -256,12 +251,8 @@ def test_captions_stage_on_a_ray_cluster(
             "data": {"dataset": "shapes", "root": str(world / "data/shapes")},
             "captioner": {"model": str(model), "batch_size": 3, "max_new_tokens": 6},
         }
+        params["engine"] = {"captions": "local" if engine == "local" else "ray", "part_frames": 5}
         (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-        (cwd / "engine.yaml").write_text(
-            yaml.safe_dump(
-                {"engine": {"captions": "local" if engine == "local" else "ray", "part_frames": 5}}
-            )
-        )
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_cluster}
         res = subprocess.run(stage_command("captions"), cwd=cwd, capture_output=True, text=True, env=env)
         if engine == "missing":
