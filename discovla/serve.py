@@ -136,7 +136,13 @@ def video_file(served: Served, row: int) -> Path:
         raise SearchError(404, f"the index does not know the file of video {served.index.video_ids[row]!r}")
     path = Path(recorded).resolve()
     if not path.is_file() or path.suffix.lower() not in VIDEO_EXTS:
-        raise SearchError(404, f"the video file of {served.index.video_ids[row]!r} is gone")
+        where = ""
+        if not Path(recorded).is_absolute():
+            where = (
+                f" (recorded as {recorded}, relative to the directory the server runs in: start it where"
+                " the index was built, e.g. the repository root)"
+            )
+        raise SearchError(404, f"the video file of {served.index.video_ids[row]!r} is gone{where}")
     return path
 
 

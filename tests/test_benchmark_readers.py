@@ -106,12 +106,7 @@ def test_didemo_paragraphs(tmp_path: Path) -> None:
         paths["11@N0_1_aa"].endswith("11@N0_1_aa.mp4") and Path(paths["11@N0_1_aa"]).exists()
     )  # .mov -> .mp4
     assert not Path(paths[want["missing"]]).exists()
-    reasons = _reasons(ds)
-    assert reasons == {
-        "empty description": 1,
-        "moment repeated exactly (first kept)": 1,
-        "moment without a video name": 1,
-    }
+    assert _reasons(ds) == {"empty description": 1, "moment without a video name": 1}
 
 
 def test_didemo_video_in_two_splits_is_an_error(tmp_path: Path) -> None:
@@ -137,6 +132,7 @@ def test_activitynet_paragraphs_ids_and_val_carve_out(tmp_path: Path) -> None:
     paths = dict(zip(ds.videos.video_id, ds.videos.path, strict=True))
     assert paths["v_tr00"].endswith("tr00.mkv") and paths[want["unprefixed"]].endswith("te1.webm")
     assert not Path(paths[want["missing"]]).exists()
+    assert paths[want["prefixed_youtube_id"]].endswith("/v_xyz.mp4")  # YouTube id v_xyz, file unprefixed
     reasons = _reasons(ds)
     assert reasons == {
         "empty sentence": 2,
@@ -169,14 +165,14 @@ def test_lsmdc_reads_tab_separated_files(tmp_path: Path) -> None:
     paths = dict(zip(ds.videos.video_id, ds.videos.path, strict=True))
     assert Path(paths[want["unicode_clip"]]).exists() and "/avi/0001_Movie_1/" in paths[want["unicode_clip"]]
     assert not Path(paths[want["missing"]]).exists()
+    assert "He says hi." in set(ds.captions.caption[ds.captions.video_id == want["separator_clip"]])
     assert _reasons(ds) == {
-        "line repeated (first kept)": 1,
         "empty sentence": 1,
         "3 tab-separated fields, expected 6": 1,
         "clip repeated in the test set (first kept)": 1,
     }
     row = ds.skipped[ds.skipped.reason.str.startswith("3 tab")].iloc[0]
-    assert row.file.endswith("LSMDC16_annos_training.csv") and row.row == "line 9"
+    assert row.file.endswith("LSMDC16_annos_training.csv") and row.row == "line 10"
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

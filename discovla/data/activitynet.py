@@ -8,7 +8,9 @@ Expected under ``root``:
 
 Splits: ``test`` is ``val_1`` (about 4,900 videos), as in CLIP4Clip and the papers after it. ``val`` (used
 only for monitoring, never for selection) is every 20th video of ``train.json`` in sorted id order;
-``train`` the rest. ``val_2.json`` is not read.
+``train`` the rest. This differs from CLIP4Clip, which trains on all of ``train.json`` (10,009 videos) and
+has no val split: here training sees 95% of them. ``val_2.json`` is not read (it annotates val_1's videos
+again).
 
 Protocol (paragraph-to-video retrieval): a video's sentences, in file order, joined into one query.
 
@@ -49,11 +51,14 @@ def video_id(key: str) -> str:
     return key if key.startswith("v_") else f"v_{key}"
 
 
-def _paths(root: Path) -> dict[str, Path]:
-    """Video files by canonical id (a file named without ``v_`` is found under ``v_<id>``)."""
-    out: dict[str, Path] = {}
-    for name, p in video_files([root / "videos"]).items():
-        out.setdefault(video_id(name), p)
+def _paths(files: dict[str, Path], ids: list[str]) -> dict[str, Path]:
+    """The file of each canonical id: named ``v_<id>`` or, without the prefix, ``<id>`` (a YouTube id may
+    itself start with ``v_``: its video is ``v_v_...`` and its unprefixed file ``v_...``)."""
+    out = {}
+    for vid in ids:
+        found = files.get(vid) or files.get(vid[2:])
+        if found is not None:
+            out[vid] = found
     return out
 
 
@@ -62,8 +67,8 @@ def read_activitynet(root: str | Path) -> VideoDataset:
     root = Path(root)
     skips = Skips()
     missing = [(name, f"unzip {ANNOTATIONS_URL}") for name in FILES.values() if not (root / name).is_file()]
-    paths = _paths(root)
-    if not paths:
+    files = video_files([root / "videos"])
+    if not files:
         missing.append(("videos/v_<id>.mp4", f"download from {VIDEOS_URL} into {root / 'videos'}"))
     if missing:
         raise missing_files("activitynet", root, missing)
@@ -105,6 +110,7 @@ def read_activitynet(root: str | Path) -> VideoDataset:
     rows += [(v, t, "test") for v, t in paragraphs["test"].items()]
     if not rows:
         raise DatasetError(f"activitynet: no video with a sentence in {root}")
+    paths = _paths(files, [v for v, _, _ in rows])
     return assemble("activitynet", root, rows, paths, root / "videos", skips)
 
 

@@ -12,8 +12,9 @@ Protocol (paragraph-to-video retrieval, as CLIP4Clip and the papers after it): e
 in file order, joined into one query, so each split has one caption per video (1,004 test videos; a few of
 the released videos are no longer available and are recorded by the frames stage as skipped).
 
-Skipped with a reason: an empty description, a moment without a ``video`` name, a moment repeated
-exactly (same video, description and times). A video in two split files is an error.
+A moment repeated exactly is kept (its description twice in the paragraph), as CLIP4Clip keeps it.
+Skipped with a reason: an empty description, a moment without a ``video`` name. A video in two split
+files is an error.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ def read_didemo(root: str | Path) -> VideoDataset:
                 f'{path}: expected a list of moments [{{"video", "description", "times"}}, ...]'
             )
         texts: dict[str, list[str]] = {}
-        seen: set[tuple[str, str, str]] = set()
         for i, m in enumerate(moments):
             video = m.get("video") if isinstance(m, dict) else None
             if not isinstance(video, str) or not video.strip():
@@ -77,11 +77,6 @@ def read_didemo(root: str | Path) -> VideoDataset:
             if not text:
                 skips.add(path, f"[{i}]", vid, "empty description")
                 continue
-            key = (vid, text, repr(m.get("times")))
-            if key in seen:
-                skips.add(path, f"[{i}]", vid, "moment repeated exactly (first kept)")
-                continue
-            seen.add(key)
             if split_of.setdefault(vid, split) != split:
                 raise DatasetError(f"{path}: [{i}]: video {vid!r} is also in {FILES[split_of[vid]]}")
             texts.setdefault(vid, []).append(text)

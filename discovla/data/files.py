@@ -46,6 +46,13 @@ def read_text(path: Path) -> str:
         raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}); re-save it as UTF-8") from None
 
 
+def lines(text: str) -> list[str]:
+    """``text`` split at ``\\n`` only (a ``\\r`` before it dropped), as the datasets' own loaders read
+    them: ``str.splitlines`` would also split at U+2028, form feeds and other separators that can occur
+    inside a sentence."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     dups = []

@@ -13,9 +13,12 @@ Splits and protocol: train and val as released; test is the 1,000-clip public te
 clip, t2v and v2t over those 1,000 pairs (as CLIP4Clip and the papers after it). Sentences are kept as
 written (the release's ``SOMEONE`` for names included).
 
-Skipped with a reason: a line without six fields, an empty sentence, a clip id repeated in the test file
-(the repeat; the protocol is one sentence per clip), a line repeated exactly in train or val. A clip in
-two split files is an error.
+Lines are split at ``\n`` only (as CLIP4Clip reads them), then at tabs; fields after the sixth (a tab
+inside a sentence, or trailing tabs) are joined to the sentence with a space, and the clip id and the
+sentence are stripped. A line repeated in train or val is
+kept, as CLIP4Clip keeps it. Skipped with a reason: a line with fewer than six fields, an empty sentence, a
+clip id repeated in the test file (the repeat; the protocol is one sentence per clip). A clip in two split
+files is an error.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from discovla.data import DatasetError, VideoDataset
-from discovla.data.files import Skips, assemble, clean, missing_files, read_text, video_files
+from discovla.data.files import Skips, assemble, clean, lines, missing_files, read_text, video_files
 from discovla.data.registry import DatasetInfo, register
 
 FILES = {
@@ -67,28 +70,22 @@ def read_lsmdc(root: str | Path) -> VideoDataset:
     split_of: dict[str, str] = {}
     rows = []
     for split, path in files.items():
-        seen: set[tuple[str, str]] = set()
         clips: set[str] = set()
-        for i, line in enumerate(read_text(path).splitlines(), start=1):
+        for i, line in enumerate(lines(read_text(path)), start=1):
             if not line.strip():
                 continue
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) != 6:
-                skips.add(
-                    path, f"line {i}", fields[0].strip(), f"{len(fields)} tab-separated fields, expected 6"
-                )
+            fields = line.split("\t")
+            if len(fields) < 6:
+                reason = f"{len(fields)} tab-separated fields, expected 6"
+                skips.add(path, f"line {i}", fields[0].strip(), reason)
                 continue
-            clip, text = fields[0].strip(), clean(fields[5])
+            clip, text = fields[0].strip(), clean(" ".join(fields[5:]))  # a tab inside the sentence: a space
             if not text:
                 skips.add(path, f"line {i}", clip, "empty sentence")
                 continue
             if split == "test" and clip in clips:
                 skips.add(path, f"line {i}", clip, "clip repeated in the test set (first kept)")
                 continue
-            if (clip, text) in seen:
-                skips.add(path, f"line {i}", clip, "line repeated (first kept)")
-                continue
-            seen.add((clip, text))
             clips.add(clip)
             if split_of.setdefault(clip, split) != split:
                 raise DatasetError(f"{path}: line {i}: clip {clip!r} is also in {files[split_of[clip]].name}")

@@ -34,6 +34,7 @@ from discovla.data.files import (
     Skips,
     assemble,
     clean,
+    lines,
     missing_files,
     read_json,
     read_text,
@@ -74,7 +75,7 @@ def _split_of(root: Path, skips: Skips) -> dict[str, str]:
     if all((root / f).is_file() for f in SPLIT_LISTS.values()):
         split_of: dict[str, str] = {}
         for split, name in SPLIT_LISTS.items():
-            for i, line in enumerate(read_text(root / name).splitlines(), start=1):
+            for i, line in enumerate(lines(read_text(root / name)), start=1):
                 clip = line.strip()
                 if not clip:
                     continue
@@ -88,7 +89,7 @@ def _split_of(root: Path, skips: Skips) -> dict[str, str]:
                 split_of[clip] = split
         return split_of
     split_of = {}
-    for i, line in enumerate(read_text(root / MAPPING).splitlines(), start=1):
+    for i, line in enumerate(lines(read_text(root / MAPPING)), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -128,7 +129,7 @@ def _captions(path: Path, skips: Skips) -> dict[str, list[str]]:
             for j, s in enumerate(sentences):
                 keep(clip, " ".join(map(str, s)) if isinstance(s, list) else s, f"{clip}[{j}]")
     elif path.suffix == ".txt":
-        for i, line in enumerate(read_text(path).splitlines(), start=1):
+        for i, line in enumerate(lines(read_text(path)), start=1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             clip, _, text = line.strip().partition(" ")
@@ -140,20 +141,20 @@ def _captions(path: Path, skips: Skips) -> dict[str, list[str]]:
         if any(c not in header for c in need):
             raise DatasetError(f"{path}: expected columns {', '.join(need)} (has {', '.join(header)})")
         col = {c: header.index(c) for c in need}
-        for i, row in enumerate(rows, start=2):
+        for i, row in enumerate(rows, start=2):  # i: the record's number, the header being 1
             if len(row) != len(header):
-                skips.add(
-                    path, f"line {i}", row[0] if row else "", f"{len(row)} fields, expected {len(header)}"
-                )
+                reason = f"{len(row)} fields, expected {len(header)}"
+                skips.add(path, f"record {i}", row[0] if row else "", reason)
                 continue
-            start, end = row[col["Start"]].strip(), row[col["End"]].strip()
-            if not (start.isdigit() and end.isdigit()):
-                skips.add(path, f"line {i}", row[col["VideoID"]], f"start/end {start!r}/{end!r} not integers")
-                continue
-            clip = f"{row[col['VideoID']].strip()}_{start}_{end}"
             if row[col["Language"]].strip() != "English":
                 continue  # the other languages of the corpus are not part of the benchmark
-            keep(clip, row[col["Description"]], f"line {i}")
+            start, end = row[col["Start"]].strip(), row[col["End"]].strip()
+            if not (start.isdigit() and end.isdigit()):
+                reason = f"start/end {start!r}/{end!r} not integers"
+                skips.add(path, f"record {i}", row[col["VideoID"]], reason)
+                continue
+            clip = f"{row[col['VideoID']].strip()}_{start}_{end}"
+            keep(clip, row[col["Description"]], f"record {i}")
     return out
 
 

@@ -103,7 +103,7 @@ def write_didemo(root: Path, make_video: MakeVideo = empty_file) -> dict:
 
     train = moments("11@N0_1_aa.mov", ["the man walks in", "he sits down", UNICODE])
     train += moments("22@N0_2_bb.mp4", ["a dog runs", ""])  # an empty description
-    train += [dict(train[0])]  # an exact repeat
+    train += [dict(train[0])]  # an exact repeat (kept, as CLIP4Clip keeps it)
     train += [{"description": "no video name", "times": [[0, 0]]}]
     train += moments("33@N0_3_cc.3gp", ["a car passes", "it stops"])
     val = moments("44@N0_4_dd.mov", ["birds fly", "they land"])
@@ -115,7 +115,7 @@ def write_didemo(root: Path, make_video: MakeVideo = empty_file) -> dict:
         make_video(root / "videos" / f"{stem}.mp4")
     return {
         "videos": {"train": 3, "val": 1, "test": 2},
-        "paragraph": ("11@N0_1_aa", f"the man walks in he sits down {UNICODE}"),
+        "paragraph": ("11@N0_1_aa", f"the man walks in he sits down {UNICODE} the man walks in"),
         "test_paragraph": ("55@N0_5_ee", "first the light is on then it goes off"),
         "missing": "66@N0_6_ff",
     }
@@ -139,7 +139,8 @@ def write_activitynet(root: Path, make_video: MakeVideo = empty_file) -> dict:
     text += ', "tr03": {"sentences": ["the same video without its prefix"]}'
     text += ', "v_empty": {"duration": 3, "timestamps": [[0, 1]], "sentences": [""]}'
     text += ', "v_badstamps": {"duration": 3, "timestamps": [[0, 1]], "sentences": ["a", "b"]}'
-    text += ', "v_notlist": {"sentences": "just a string"}}'
+    text += ', "v_notlist": {"sentences": "just a string"}'
+    text += ', "v_v_xyz": {"sentences": ["a YouTube id that starts with v_"]}}'
     (root / "train.json").write_text(text, encoding="utf-8")
     val1 = {
         "v_te0": ann([" the first thing .", " the second thing ."]),
@@ -149,10 +150,12 @@ def write_activitynet(root: Path, make_video: MakeVideo = empty_file) -> dict:
     (root / "val_1.json").write_text(json.dumps(val1), encoding="utf-8")
     for i in range(21):
         make_video(root / "videos" / (f"v_tr{i:02d}.mp4" if i % 2 else f"tr{i:02d}.mkv"))
+    make_video(root / "videos" / "v_xyz.mp4")  # the unprefixed file of v_v_xyz
     make_video(root / "videos" / "v_te0.mp4")
     make_video(root / "videos" / "te1.webm")
     return {
-        "videos": {"train": 19, "val": 2, "test": 3},
+        "videos": {"train": 20, "val": 2, "test": 3},
+        "prefixed_youtube_id": "v_v_xyz",
         "paragraph": ("v_tr01", f"someone cooks . {UNICODE}"),
         "test_paragraph": ("v_te0", "the first thing . the second thing ."),
         "unprefixed": "v_te1",
@@ -175,7 +178,8 @@ def write_lsmdc(root: Path, make_video: MakeVideo = empty_file) -> dict:
     test = [clip(3, k) for k in range(3)]
     tr = [line(c, f"SOMEONE does thing {i}.") for i, c in enumerate(train)]
     tr.append(line(train[0], f'SOMEONE says "{UNICODE}".'))  # a second sentence for a clip
-    tr.append(tr[1])  # an exact repeat
+    tr.append(tr[1])  # an exact repeat (kept, as CLIP4Clip keeps it)
+    tr.append(line(train[4], "He says\u2028hi.") + "\t")  # a line separator inside, a trailing tab
     tr.append(line(train[2], "   "))  # an empty sentence
     tr.append("\t".join([train[3], "00.00.01.000", "only three fields"]))
     (root / "LSMDC16_annos_training.csv").write_text("\n".join(tr) + "\n", encoding="utf-8")
@@ -186,8 +190,9 @@ def write_lsmdc(root: Path, make_video: MakeVideo = empty_file) -> dict:
         make_video(root / "avi" / c.split("_00.")[0] / f"{c}.avi")
     return {
         "videos": {"train": 5, "val": 2, "test": 3},
-        "captions": {"train": 6, "val": 2, "test": 3},
+        "captions": {"train": 8, "val": 2, "test": 3},
         "unicode_clip": train[0],
+        "separator_clip": train[4],
         "missing": test[-1],
     }
 
