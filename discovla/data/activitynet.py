@@ -1,4 +1,4 @@
-"""ActivityNet Captions (Krishna et al. 2017), registered as ``activitynet``.
+"""ActivityNet Captions (Krishna et al. 2017).
 
 Expected under ``root``:
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from discovla.data import DatasetError, VideoDataset
 from discovla.data.files import Skips, assemble, clean, missing_files, paragraph, read_json, video_files
-from discovla.data.registry import DatasetInfo, register
+from discovla.data.info import DatasetInfo
 
 FILES = {"train": "train.json", "test": "val_1.json"}
 VAL_EVERY = 20
@@ -112,8 +112,3 @@ def read_activitynet(root: str | Path) -> VideoDataset:
         raise DatasetError(f"activitynet: no video with a sentence in {root}")
     paths = _paths(files, [v for v, _, _ in rows])
     return assemble("activitynet", root, rows, paths, root / "videos", skips)
-
-
-@register("activitynet", INFO)
-def _activitynet(root: Path) -> VideoDataset:
-    return read_activitynet(root)

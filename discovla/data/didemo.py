@@ -1,4 +1,4 @@
-"""DiDeMo (Distinct Describable Moments, Hendricks et al. 2017), registered as ``didemo``.
+"""DiDeMo (Distinct Describable Moments, Hendricks et al. 2017).
 
 Expected under ``root``:
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from discovla.data import DatasetError, VideoDataset
 from discovla.data.files import Skips, assemble, clean, missing_files, paragraph, read_json, video_files
-from discovla.data.registry import DatasetInfo, register
+from discovla.data.info import DatasetInfo
 
 FILES = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
 ANNOTATIONS_URL = "https://github.com/LisaAnne/LocalizingMoments/tree/master/data"
@@ -84,8 +84,3 @@ def read_didemo(root: str | Path) -> VideoDataset:
     if not rows:
         raise DatasetError(f"didemo: no moment with a description in {root}")
     return assemble("didemo", root, rows, paths, root / "videos", skips)
-
-
-@register("didemo", INFO)
-def _didemo(root: Path) -> VideoDataset:
-    return read_didemo(root)

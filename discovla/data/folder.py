@@ -14,7 +14,7 @@ import pandas as pd
 
 from discovla.data import SPLITS, DatasetError, VideoDataset, check_captions
 from discovla.data.files import VIDEO_EXTS
-from discovla.data.registry import DatasetInfo, register
+from discovla.data.info import DatasetInfo
 
 FOLDER = DatasetInfo(
     summary="Your own videos: videos/<video_id>.<ext> plus captions.csv (video_id, caption, split)",
@@ -69,13 +69,3 @@ def read_folder(root: Path, name: str = "folder") -> VideoDataset:
     captions = df[["video_id", "caption", "split"]].reset_index(drop=True)
     captions.insert(0, "caption_id", range(len(captions)))
     return VideoDataset(name, root, videos, captions)
-
-
-@register("folder", FOLDER)
-def _folder(root: Path) -> VideoDataset:
-    return read_folder(root, "folder")
-
-
-@register("shapes", SHAPES)
-def _shapes(root: Path) -> VideoDataset:
-    return read_folder(root, "shapes")

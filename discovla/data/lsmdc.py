@@ -1,4 +1,4 @@
-"""LSMDC (Large Scale Movie Description Challenge, 2016 retrieval task), registered as ``lsmdc``.
+"""LSMDC (Large Scale Movie Description Challenge, 2016 retrieval task).
 
 Expected under ``root``:
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from discovla.data import DatasetError, VideoDataset
 from discovla.data.files import Skips, assemble, clean, lines, missing_files, read_text, video_files
-from discovla.data.registry import DatasetInfo, register
+from discovla.data.info import DatasetInfo
 
 FILES = {
     "train": ("LSMDC16_annos_training.csv",),
@@ -93,8 +93,3 @@ def read_lsmdc(root: str | Path) -> VideoDataset:
     if not rows:
         raise DatasetError(f"lsmdc: no sentence in the annotation files of {root}")
     return assemble("lsmdc", root, rows, paths, root / VIDEO_DIRS[1], skips, default_ext=".avi")
-
-
-@register("lsmdc", INFO)
-def _lsmdc(root: Path) -> VideoDataset:
-    return read_lsmdc(root)

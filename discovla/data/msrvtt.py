@@ -1,4 +1,4 @@
-"""MSRVTT, 1k-A split (the CLIP4Clip files), registered as dataset ``msrvtt``.
+"""MSRVTT, 1k-A split (the CLIP4Clip files).
 
 Expected under ``root`` (the files of CLIP4Clip's ``msrvtt_data.zip`` plus the videos)::
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from discovla.data import DatasetError, VideoDataset, check_captions
-from discovla.data.registry import DatasetInfo, register
+from discovla.data.info import DatasetInfo
 
 DATA_JSON = "MSRVTT_data.json"
 TRAIN_CSV = "MSRVTT_train.9k.csv"
@@ -153,8 +153,3 @@ def read_msrvtt(root: str | Path) -> VideoDataset:
         }
     )
     return VideoDataset("msrvtt", root, videos, captions[["caption_id", "video_id", "caption", "split"]])
-
-
-@register("msrvtt", INFO)
-def _msrvtt(root: Path) -> VideoDataset:
-    return read_msrvtt(root)

@@ -1,4 +1,4 @@
-"""MSVD (the Microsoft Research Video Description corpus, YouTube2Text split), registered as ``msvd``.
+"""MSVD (the Microsoft Research Video Description corpus, YouTube2Text split).
 
 Expected under ``root``:
 
@@ -40,7 +40,7 @@ from discovla.data.files import (
     read_text,
     video_files,
 )
-from discovla.data.registry import DatasetInfo, register
+from discovla.data.info import DatasetInfo
 
 SPLIT_LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
 MAPPING = "youtube_mapping.txt"
@@ -192,8 +192,3 @@ def read_msvd(root: str | Path) -> VideoDataset:
     if not rows:
         raise DatasetError(f"msvd: no listed clip of {root} has a caption in {caption_file.name}")
     return assemble("msvd", root, rows, paths, root / VIDEO_DIRS[0], skips, default_ext=".avi")
-
-
-@register("msvd", INFO)
-def _msvd(root: Path) -> VideoDataset:
-    return read_msvd(root)
