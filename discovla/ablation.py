@@ -208,6 +208,7 @@ def run_ablation(
     workers: int = 1,
     params_file: str = "params.yaml",
     features_dir: str = "data/features",
+    records: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every variant for every seed; return per-run and summarised metrics.
 
@@ -216,28 +217,59 @@ def run_ablation(
     to ``ckpt_root`` (default: the train stage's, :func:`discovla.artifacts.adapters.checkpoint_root`),
     so a run identical in config, data, weights and code to one already finished there (by the ablation, ``dvc
     repro`` or ``dvc exp run``) is reused, and any other is trained afresh.
+
+    With ``records`` (a folder, e.g. ``metrics/ablation_runs``) each finished run's result is written there
+    as it finishes, and a run whose record carries its checkpoint key (same config, inputs, frozen weights
+    and training code) is taken from the record instead of trained: an ablation that outlasts one sitting
+    resumes from the records committed so far, on any machine.
     """
+    from discovla.artifacts.ablation import read_run_record, run_record_path, write_run_record
     from discovla.artifacts.adapters import checkpoint_root
+    from discovla.train import run_key
 
     seeds = list(seeds)
     variants = list(variants)
     ckpt_root = checkpoint_root() if ckpt_root is None else ckpt_root
     jobs = [(v, s, str(ckpt_root)) for v in variants for s in ([0] if v == "zeroshot" else seeds)]
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    paths: dict[tuple[str, int], Path] = {}
+    if records is not None:
+        clip = clip_factory()
+        for v, s, _ in jobs:
+            if v == "zeroshot":
+                continue
+            paths[v, s] = run_record_path(records, v, s)
+            key = run_key(variant_config(params, v, s, features.pixels.shape[1]), features, clip)
+            record = read_run_record(paths[v, s], key)
+            if record is not None:
+                done[v, s] = record
+                log(f"[ablation] {v} seed {s}: from its record {paths[v, s]} (checkpoint key {key})")
+        del clip
+
+    def finished(v: str, s: int, m: dict[str, Any]) -> None:
+        done[v, s] = m
+        if (v, s) in paths:
+            write_run_record(paths[v, s], m)
+        log(f"[ablation] {v} seed {s}: {_brief(m)}")
+
+    # seed-major: every row has its first seed before any row has its second (a partial run is a table)
+    todo = sorted((j for j in jobs if (j[0], j[1]) not in done), key=lambda j: j[1])
     if workers <= 1:
-        results = (run_one(params, features, clip_factory, v, s, c) for v, s, c in jobs)
-        for (v, s, _), m in zip(jobs, results, strict=False):
-            runs[v].append(m)
-            log(f"[ablation] {v} seed {s}: {_brief(m)}")
+        for v, s, c in todo:
+            finished(v, s, run_one(params, features, clip_factory, v, s, c))
     else:
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(workers, ctx, _init_worker, (params_file, features_dir)) as pool:
-            for (v, s, _), m in zip(jobs, pool.map(_worker_job, jobs), strict=True):
-                runs[v].append(m)
-                log(f"[ablation] {v} seed {s}: {_brief(m)}")
+            futures = {pool.submit(_worker_job, job): job for job in todo}
+            for future in as_completed(futures):
+                v, s, _ = futures[future]
+                finished(v, s, future.result())
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for v, s, _ in jobs:
+        runs[v].append(done[v, s])
     summary = {
         v: {k: _mean_std([r[k] for r in rs]) for k in rs[0] if k in METRICS} for v, rs in runs.items() if rs
     }

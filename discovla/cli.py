@@ -165,12 +165,15 @@ def ablate(
     last epoch (no selection), its checkpoint key and seconds, and per epoch its training diagnostics and
     val R@1. Runs share the train stage's checkpoint root ($DISCOVLA_CHECKPOINTS or .work/checkpoints):
     a run identical in config, data, frozen weights and code to a finished one (from `dvc exp run`, say)
-    is reused; any other trains afresh. Writes metrics/ablation.json and metrics/ablation.md.
+    is reused; any other trains afresh. Each finished run is recorded as it finishes under
+    metrics/ablation_runs/ (next to --out): commit them, and a later `discovla ablate` (here or on another
+    machine) takes every run whose record has its checkpoint key from the record and trains only the rest.
+    Writes metrics/ablation.json and metrics/ablation.md.
     """
     from pathlib import Path
 
     from discovla.ablation import run_ablation
-    from discovla.artifacts.ablation import write_ablation
+    from discovla.artifacts.ablation import runs_dir, write_ablation
     from discovla.artifacts.features import load_features
     from discovla.backbone import load_backbone
     from discovla.config import load_params_or_exit
@@ -197,6 +200,7 @@ def ablate(
         workers=workers,
         params_file=params_file,
         features_dir=features_dir,
+        records=runs_dir(out),
     )
     result["captions"] = captions
     write_ablation(result, out, Path(out).with_suffix(".md"))

@@ -65,3 +65,22 @@ def test_tables_have_a_row_per_variant_and_epoch(features, tiny_clip_factory, tm
     diag = diagnostics_table(result)
     rows = [line for line in diag.splitlines() if line.startswith("| Full DiscoVLA, beta = 0.5 | 1 |")]
     assert len(rows) == 1 and "–" not in rows[0].split("|")[3]  # train-batch R@1 recorded
+
+
+def test_records_resume_an_ablation_without_its_checkpoints(
+    features, tiny_clip_factory, tmp_path: Path
+) -> None:
+    records, logs = tmp_path / "ablation_runs", []
+    kw = {"seeds": [1], "variants": ["zeroshot", "lora"], "records": records, "log": logs.append}
+    first = run_ablation(PARAMS, features, tiny_clip_factory, ckpt_root=tmp_path / "a", **kw)
+    assert sorted(p.name for p in records.iterdir()) == ["lora-seed1.json"]
+    # another machine: no checkpoints, only the committed records -> nothing is trained
+    logs.clear()
+    again = run_ablation(PARAMS, features, tiny_clip_factory, ckpt_root=tmp_path / "b", **kw)
+    assert not (tmp_path / "b").exists()
+    assert again["runs"] == first["runs"] and any("from its record" in line for line in logs)
+    # changed input: the record's checkpoint key no longer matches, so the run trains afresh
+    features.cap_tokens[0, 1] += 1
+    changed = run_ablation(PARAMS, features, tiny_clip_factory, ckpt_root=tmp_path / "c", **kw)
+    assert (tmp_path / "c").exists()
+    assert changed["runs"]["lora"][0]["checkpoint_key"] != first["runs"]["lora"][0]["checkpoint_key"]

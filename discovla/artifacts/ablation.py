@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from discovla.io import write_json, write_text
+from discovla.io import read_json, write_json, write_text
 
 LABELS = {
     "zeroshot": "Zero-shot (frozen CLIP, mean of frames)",
@@ -90,6 +90,37 @@ def diagnostics_table(result: dict[str, Any]) -> str:
                 cells.append(f"{statistics.fmean(vals):.3g}" if vals else "–")
             lines.append(f"| {label(v)} | {e + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def runs_dir(json_path: str | Path) -> Path:
+    """Where the finished runs of a table keep their records: ``metrics/ablation.json`` ->
+    ``metrics/ablation_runs/``. Small JSON files, committed with the table, so that an ablation that takes
+    longer than one sitting (or one machine) resumes run by run from what was committed."""
+    p = Path(json_path)
+    return p.with_name(p.stem + "_runs")
+
+
+def run_record_path(root: str | Path, variant: str, seed: int) -> Path:
+    """The record of one (variant, seed): ``<root>/<variant>-seed<seed>.json`` (``beta=0.3``: ``beta0.3``)."""
+    return Path(root) / f"{variant.replace('=', '')}-seed{seed}.json"
+
+
+def read_run_record(path: str | Path, checkpoint_key: str) -> dict[str, Any] | None:
+    """The recorded result of a finished run, if its checkpoint key is ``checkpoint_key``; else None.
+
+    The key hashes the run's config, input content, frozen weights and training code
+    (:func:`discovla.train.run_key`), so a record made by other code or from other inputs is never reused."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    record = read_json(path)
+    return record if record.get("checkpoint_key") == checkpoint_key else None
+
+
+def write_run_record(path: str | Path, record: dict[str, Any]) -> None:
+    """One finished run's result (test numbers, seconds, checkpoint key, epoch diagnostics), atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
 
 
 def write_ablation(result: dict[str, Any], json_path: str | Path, md_path: str | Path) -> None:
