@@ -42,7 +42,7 @@ from discovla.evaluate import evaluate_model, rounded, validation_monitor, zeros
 from discovla.pipeline import train_config
 
 VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full", "full_detach", "full_mean")
-ORDER_VARIANTS = ("order_module", "order")
+ORDER_VARIANTS = ("order_module", "order", "order_tokens")
 # per variant: (TrainConfig overrides, DiscoVLAConfig overrides); alpha = beta = 0 also drops the text-side
 # adapters, which could never receive a gradient (discovla.pipeline.train_config)
 OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -55,6 +55,12 @@ OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # order-aware extensions of full DiscoVLA at the params' alpha and beta (discovla.model.temporal)
     "order_module": ({"order_weight": 0.0}, {"fusion": True, "temporal_module": True}),
     "order": ({"order_weight": 10.0}, {"fusion": True, "temporal_module": True}),
+    # the same with frame positions on the keys of IVFusion's video-level attention
+    # (fusion.temporal_position): order seen inside the vision encoder, on patch tokens
+    "order_tokens": (
+        {"order_weight": 10.0},
+        {"fusion": True, "temporal_module": True, "temporal_position": True},
+    ),
 }
 
 

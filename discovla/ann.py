@@ -100,10 +100,14 @@ def _as_matrix(x: Any) -> np.ndarray:
 class AnnIndex:
     """A FAISS index over the rows of a video index, with the parameters it was built with."""
 
-    def __init__(self, index: Any, params: AnnParams, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, index: Any, params: AnnParams, meta: dict[str, Any], requested: AnnParams | None = None
+    ) -> None:
         self.index = index
-        self.params = params
-        self.meta = meta  # kind, params, rows, dim, model (the video index's model identity), build_s
+        self.params = params  # resolved: what it was built with
+        # as asked for (None: chosen from the number of videos), what a rebuild of a grown index resolves
+        self.requested = requested or params
+        self.meta = meta  # kind, params, requested, rows, dim, model (the index's model identity), build_s
 
     @property
     def rows(self) -> int:
@@ -197,12 +201,13 @@ def build_ann(
     meta = {
         "kind": p.kind,
         "params": asdict(p),
+        "requested": asdict(params),
         "dim": dim,
         "model": dict(model or {}),
         "build_s": round(time.perf_counter() - t0, 3),
         "reused_training": reused,
     }
-    return AnnIndex(index, p, meta)
+    return AnnIndex(index, p, meta, requested=params)
 
 
 def _same_build(previous: AnnIndex, p: AnnParams, dim: int) -> bool:
@@ -238,4 +243,5 @@ def read_ann(directory: str | Path, rows: int, model: dict[str, Any]) -> AnnInde
             f"{directory}/{ANN_FILE} holds {index.ntotal} videos, index.parquet {rows}: rebuild it "
             f"(discovla index ... --ann {meta.get('kind', 'ivf')})"
         )
-    return AnnIndex(index, AnnParams(**meta["params"]), meta)
+    requested = AnnParams(**meta["requested"]) if "requested" in meta else None  # older files: as built
+    return AnnIndex(index, AnnParams(**meta["params"]), meta, requested=requested)

@@ -8,7 +8,10 @@
   when the index was made by the same model. The
   index is also saved every ``save_every`` seconds, so an interrupted run resumes where it stopped.
   ``ann`` (``discovla index --ann ivf``) adds an approximate FAISS index (:mod:`discovla.ann`) at the end;
-  a re-run keeps the previous one's kind and parameters (and its trained IVF cells) unless told otherwise.
+  a re-run keeps the parameters it was asked for unless told otherwise (those left to choose, nlist and
+  nprobe, are chosen again for the index's new size; the trained IVF cells are reused while the chosen
+  parameters stay the same). A mid-run save records the approximate index still to build
+  (``ann_pending`` in its meta), so a re-run after a kill builds it too.
 - :func:`build_split_index` (the ``index`` stage) and :func:`ensure_split_index` (``discovla search``
   without ``--index``): one split of the feature cache, from its stored pixels (no decoding), with the
   video paths of the dataset when they are known. With ``engine.index == "ray"`` the split is embedded
@@ -24,7 +27,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,23 +113,42 @@ def _check_out(out: Path, folder: Path) -> None:
         raise VideoIndexError(f"--out {out} exists and is not a video index: choose a new or empty directory")
 
 
-def _previous(
-    out: Path, retriever: Retriever
-) -> tuple[dict[str, tuple[int, int, torch.Tensor]], dict[str, tuple[int, int, str]], str, AnnIndex | None]:
-    """Rows of an earlier index at ``out`` made by the same model: path -> (size, mtime_ns, embedding), and
-    its skipped files: path -> (size, mtime_ns, reason). Third: why nothing is reused ('' when it is).
-    Fourth: its approximate index (None when it has none or a broken one)."""
+ANN_PENDING = "ann_pending"  # meta of a snapshot saved mid-run: the approximate index still to be built
+
+
+@dataclass
+class _Previous:
+    """What an earlier index at ``out`` leaves to a re-run (empty when there is none, or another model's)."""
+
+    rows: dict[str, tuple[int, int, torch.Tensor]]  # path -> (size, mtime_ns, embedding)
+    skipped: dict[str, tuple[int, int, str]]  # path -> (size, mtime_ns, reason)
+    rebuilt: str = ""  # why nothing is reused ('' when it is)
+    ann: AnnIndex | None = None  # its approximate index (None: none, or a broken one)
+    # the approximate index it was asked for: the built one's request, or a snapshot's pending one
+    wanted: AnnParams | None = None
+
+
+def _previous(out: Path, retriever: Retriever) -> _Previous:
+    """The earlier index at ``out``: its rows and skipped files when made by the same model, and the
+    approximate index it has or was to get (kept even when its rows are not: the user asked for it)."""
     if not (out / META).is_file():
-        return {}, {}, "", None
+        return _Previous({}, {})
     try:
         old = read_index(out)
     except AnnError:
         old = read_index(out, ann=False)
+    wanted = old.ann.requested if old.ann is not None else None
+    if wanted is None and isinstance(old.meta.get(ANN_PENDING), dict):
+        try:
+            wanted = AnnParams(**old.meta[ANN_PENDING])
+        except (TypeError, AnnError):
+            wanted = None
     meta = retriever.index_meta()
     if not same_model(old.meta, retriever.identity):
-        return {}, {}, f"it was computed with {describe_model(old.meta.get('model') or {})}", None
+        why = f"it was computed with {describe_model(old.meta.get('model') or {})}"
+        return _Previous({}, {}, why, wanted=wanted)
     if any(old.meta.get(k) != meta[k] for k in ("num_frames", "image_size")):
-        return {}, {}, "it was sampled with other frames or size", None
+        return _Previous({}, {}, "it was sampled with other frames or size", wanted=wanted)
     rows = {
         p: (int(s), int(m), old.embeddings[i])
         for i, (p, s, m) in enumerate(zip(old.paths, old.sizes, old.mtimes, strict=True))
@@ -135,7 +157,7 @@ def _previous(
         str(r.path): (int(r.size), int(r.mtime_ns), str(r.reason))
         for r in old.skipped.itertuples(index=False)
     }
-    return rows, skipped, "", old.ann
+    return _Previous(rows, skipped, "", old.ann, wanted)
 
 
 def _sample_all(
@@ -182,14 +204,14 @@ def index_folder(
         raise VideoIndexError(f"no video files ({', '.join(VIDEO_EXTS)}) under {folder}")
     ids = dict(zip(map(str, files), folder_video_ids(files, folder), strict=True))
     stats = {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
-    previous, prev_skipped, rebuilt, prev_ann = _previous(out, retriever)
+    prev = _previous(out, retriever)
+    previous, prev_skipped, rebuilt, prev_ann = prev.rows, prev.skipped, prev.rebuilt, prev.ann
     if isinstance(ann, str):
         ann = None if ann == "exact" else AnnParams(kind=ann)
-        keep_ann = False
-    else:
-        keep_ann = ann is None
-    if keep_ann and prev_ann is not None:
-        ann = prev_ann.params
+    elif ann is None:
+        # as asked for the first time: what was left to choose (nlist, nprobe) is chosen again for the
+        # index's new size, and an interrupted run's pending approximate index is built
+        ann = prev.wanted
     if rebuilt and log is not None:
         log(f"{out}: {rebuilt}: embedding every video again")
 
@@ -209,7 +231,8 @@ def index_folder(
     removed = sum(1 for p in previous if p not in stats)
     meta = {**retriever.index_meta(), "source": {"kind": "folder", "folder": str(folder.resolve())}}
 
-    def snapshot() -> VideoIndex:
+    def snapshot(pending: bool = False) -> VideoIndex:
+        """The index so far; ``pending``: a mid-run save, which records the approximate index to build."""
         rows = [p for p in stats if p in done]
         emb = torch.stack([done[p] for p in rows]) if rows else torch.empty(0, retriever.embed_dim)
         skip = skipped_frame(
@@ -219,11 +242,12 @@ def index_folder(
                 if p in skipped
             ]
         )
+        pend = {ANN_PENDING: asdict(ann)} if pending and ann is not None else {}
         return VideoIndex(
             video_ids=[ids[p] for p in rows],
             paths=rows,
             embeddings=emb,
-            meta=meta,
+            meta={**meta, **pend},
             sizes=np.array([stats[p][0] for p in rows], np.int64),
             mtimes=np.array([stats[p][1] for p in rows], np.int64),
             skipped=skip,
@@ -247,7 +271,7 @@ def index_folder(
                     done[path] = e
             bar.update(sl.stop - sl.start)
             if save_every and time.monotonic() - last_save > save_every and sl.stop < len(todo):
-                write_index(out, snapshot())
+                write_index(out, snapshot(pending=True))
                 last_save = time.monotonic()
     index = snapshot()
     if ann is not None and len(index):

@@ -109,6 +109,21 @@ def test_a_rebuild_reuses_the_trained_cells() -> None:
     assert not other.meta["reused_training"]  # other parameters: trained afresh
 
 
+def test_a_grown_index_chooses_its_cells_again(tmp_path: Path) -> None:
+    emb = _clustered(5000)
+    first = _index(emb[:400], AnnParams(kind="ivf"))  # nlist and nprobe left to choose
+    write_index(tmp_path / "idx", first)
+    back = read_index(tmp_path / "idx").ann
+    assert back.params.nlist == default_nlist(400) == 10 and back.requested == AnnParams(kind="ivf")
+    # a rebuild of the grown index resolves the request again: more cells, trained afresh
+    grown = build_ann(emb, back.requested, MODEL, previous=back)
+    assert grown.params.nlist == default_nlist(5000) == 64 and not grown.meta["reused_training"]
+    # what was fixed stays fixed, and its trained cells are reused
+    fixed = _index(emb[:400], AnnParams(kind="ivf", nlist=8)).ann
+    again = build_ann(emb, fixed.requested, MODEL, previous=fixed)
+    assert again.params.nlist == 8 and again.meta["reused_training"]
+
+
 def test_bad_parameters_say_what_to_do() -> None:
     with pytest.raises(AnnError, match="choose one of ivf, ivfpq, hnsw"):
         AnnParams(kind="lsh")

@@ -185,6 +185,33 @@ def test_a_timed_out_video_is_tried_again_on_the_next_run(
     assert read_index(out).video_ids == ["blue", "red"] and read_index(out).skipped.empty
 
 
+def test_an_interrupted_index_still_gets_its_approximate_index(setup: dict, tmp_path: Path) -> None:
+    from discovla.ann import AnnParams
+    from discovla.indexing import ANN_PENDING, index_folder
+
+    r = Retriever.load(setup["adapters"], device="cpu")
+    out, calls = tmp_path / "idx", []
+    real_embed = r.embed_pixels
+
+    def killed_on_the_third_batch(pixels):  # noqa: ANN001, ANN202
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_embed(pixels)
+
+    r.embed_pixels = killed_on_the_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        index_folder(r, setup["clips"], out, batch_size=1, save_every=1e-9, progress=False, ann="hnsw")
+    saved = read_index(out)  # the mid-run save: two videos, exact search, the approximate index pending
+    assert len(saved) == 2 and saved.ann is None and saved.meta[ANN_PENDING]["kind"] == "hnsw"
+    r.embed_pixels = real_embed
+    report = index_folder(r, setup["clips"], out, batch_size=2, progress=False)  # no --ann: as asked before
+    final = read_index(out)
+    assert report.reused == 2 and len(final) == 4 and ANN_PENDING not in final.meta
+    assert final.ann is not None and final.ann.params.kind == "hnsw"
+    assert final.ann.requested == AnnParams("hnsw")
+
+
 def test_index_refuses_to_overwrite_a_folder_that_is_not_an_index(setup: dict, tmp_path: Path) -> None:
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("keep me")

@@ -23,6 +23,7 @@ LABELS = {
     "full_mean": "Full DiscoVLA, beta = 1, AlignDistill with mean KL",
     "order_module": "Order-aware: full DiscoVLA + temporal module",
     "order": "Order-aware: full DiscoVLA + temporal module + reversed negatives (weight 10)",
+    "order_tokens": "Order-aware: + frame positions in IVFusion's video-level attention",
 }
 
 
