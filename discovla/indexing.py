@@ -340,6 +340,29 @@ class _EmbedParts:
         return {"videos": [len(vids)]}
 
 
+STALE_PARTS_S = 3600.0
+
+
+def _remove_stale_parts(keep: Path, older_than: float = STALE_PARTS_S) -> None:
+    """Remove the part folders next to ``keep`` that a killed run with other inputs left behind (untouched
+    for ``older_than`` seconds, so a concurrent run's are spared), and say what was freed."""
+    now, freed, n = time.time(), 0, 0
+    for d in keep.parent.glob("*") if keep.parent.is_dir() else []:
+        if d == keep or not d.is_dir() or len(d.name) != 16:
+            continue
+        files = [f for f in d.iterdir() if f.is_file()]
+        if any(now - f.stat().st_mtime < older_than for f in files) or now - d.stat().st_mtime < older_than:
+            continue
+        freed += sum(f.stat().st_size for f in files)
+        shutil.rmtree(d, ignore_errors=True)
+        n += 1
+    if n:
+        print(
+            f"index (ray): removed {n} stale part folder(s) of earlier runs under {keep.parent} "
+            f"({freed / 2**20:.1f} MiB)"
+        )
+
+
 def embed_split_ray(
     features_dir: str | Path,
     adapters_dir: str | Path,
@@ -364,8 +387,19 @@ def embed_split_ray(
         if f.is_file()
     ]
     per_part = per_batch * max(1, engine.part_frames // (per_batch * features.num_frames))
-    blob = [1, features.fingerprint(), stamps, zeroshot, per_batch, per_part, np.asarray(vids).tolist()]
+    device = actor_device(engine)  # in the key: a CPU part and a GPU part differ in the last bits
+    blob = [
+        2,
+        features.fingerprint(),
+        stamps,
+        zeroshot,
+        device,
+        per_batch,
+        per_part,
+        np.asarray(vids).tolist(),
+    ]
     parts_dir = Path(work_dir).resolve() / hashlib.sha256(json.dumps(blob).encode()).hexdigest()[:16]
+    _remove_stale_parts(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     plan = [
         {"part": str(parts_dir / f"part-{i:05d}.npy"), "vids": vids[sl].tolist(), "per_batch": per_batch}
@@ -375,7 +409,7 @@ def embed_split_ray(
     kwargs = {  # absolute paths for the workers (their working directory is not ours)
         "adapters_dir": str(Path(adapters_dir).resolve()),
         "zeroshot": zeroshot,
-        "device": actor_device(engine),
+        "device": device,
         "features_dir": str(Path(features_dir).resolve()),
     }
     resumed = len(vids) - sum(len(p["vids"]) for p in todo)

@@ -14,7 +14,8 @@ computed exactly as the evaluate stage computes them (:mod:`discovla.evaluate`):
   ``normalise(mean_f normalise(frame))`` (zero-shot: the same mean over frozen frame embeddings).
 
 A :class:`Retriever` knows which model it is (:attr:`Retriever.identity`: the adapters directory's content
-digest and the zero-shot flag), and :meth:`Retriever.search` refuses an index computed by another one.
+digest, the zero-shot flag and the digest of the frozen CLIP's weights), and :meth:`Retriever.search`
+refuses an index computed by another one.
 
     retriever = Retriever.load("models/discovla")
     for rank, video_id, score, path in retriever.search("a red circle slides to the left", index="my-index"):
@@ -97,10 +98,10 @@ def _looks_like_path(pretrained: str) -> bool:
     return Path(pretrained).suffix in (".safetensors", ".pt", ".bin", ".pth") or os.sep in pretrained
 
 
-def _check_base_weights(clip: torch.nn.Module, expected: str, path: Path, weights: str | None) -> None:
-    """Raise :class:`AdaptersError` unless the frozen CLIP's tensors hash to ``expected`` (the model card's
-    ``base_weights_sha256``, :func:`discovla.provenance.tensors_digest` of its state dict)."""
-    got = tensors_digest(sorted(clip.state_dict().items()))
+def _check_base_weights(got: str, expected: str, path: Path, weights: str | None) -> None:
+    """Raise :class:`AdaptersError` unless the frozen CLIP's tensors hash (``got``,
+    :func:`discovla.provenance.tensors_digest` of its state dict) to ``expected``, the model card's
+    ``base_weights_sha256``."""
     if got != expected:
         raise AdaptersError(
             f"{path}: the base CLIP weights {weights or '(random initialisation)'} are not the ones these "
@@ -166,8 +167,11 @@ class Retriever:
             backbone or cfg["backbone"], weights, device=dev, context_length=cfg.get("context_length")
         )
         card = (read_card(path) or {}).get(LIBRARY) or {}
+        base = tensors_digest(sorted(clip.model.state_dict().items()))
         if card.get("base_weights_sha256"):
-            _check_base_weights(clip.model, card["base_weights_sha256"], path, weights)
+            _check_base_weights(base, card["base_weights_sha256"], path, weights)
+        # the frozen CLIP is part of the model: a zero-shot index is the base weights' alone
+        identity = {**identity, "base_weights_sha256": base}
         model = None if zeroshot else load_adapters(path, clip.model, device=dev)
         return cls(clip, model, cfg["model"].get("num_frames", 8), identity, dev)
 

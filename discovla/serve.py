@@ -33,7 +33,7 @@ from typing import Any
 
 from discovla.artifacts.index import VideoIndex, VideoIndexError, check_model, describe_model, read_index
 from discovla.data.folder import VIDEO_EXTS
-from discovla.retriever import Retriever, adapters_identity
+from discovla.retriever import Retriever
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 100
@@ -79,11 +79,11 @@ def load_indexes(
         path = Path(d)
         index = read_index(path)
         zeroshot = bool((index.meta.get("model") or {}).get("zeroshot"))
-        check_model(index, adapters_identity(adapters, zeroshot), path)
         if zeroshot not in models:
             models[zeroshot] = Retriever.load(
                 adapters, device=device, zeroshot=zeroshot, pretrained=pretrained
             )
+        check_model(index, models[zeroshot].identity, path)
         name = path.resolve().name or "index"
         base, i = name, 2
         while name in names:

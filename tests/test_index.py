@@ -19,7 +19,12 @@ from discovla.artifacts.index import (
     write_index,
 )
 
-MODEL = {"adapters": "models/discovla", "adapters_digest": "a" * 64, "zeroshot": False}
+MODEL = {
+    "adapters": "models/discovla",
+    "adapters_digest": "a" * 64,
+    "zeroshot": False,
+    "base_weights_sha256": "c" * 64,
+}
 
 
 def _index(n: int = 5, dim: int = 8) -> VideoIndex:
@@ -61,10 +66,33 @@ def test_an_index_of_another_model_is_refused(tmp_path: Path) -> None:
     write_index(tmp_path / "idx", _index())
     idx = read_index(tmp_path / "idx")
     check_model(idx, {**MODEL, "adapters": "elsewhere"})  # same digest and flag: the same model
-    for other in ({**MODEL, "adapters_digest": "b" * 64}, {**MODEL, "zeroshot": True}):
+    others = (
+        {**MODEL, "adapters_digest": "b" * 64},
+        {**MODEL, "zeroshot": True},
+        {**MODEL, "base_weights_sha256": "d" * 64},  # the same adapters on other frozen weights
+    )
+    for other in others:
         with pytest.raises(VideoIndexError, match="was computed with another model") as err:
             check_model(idx, other, tmp_path / "idx")
         assert "rebuild it" in str(err.value) and "aaaaaaaaaaaa" in str(err.value)
+    # an index that does not record its base weights cannot be vouched for
+    legacy = {k: v for k, v in MODEL.items() if k != "base_weights_sha256"}
+    with pytest.raises(VideoIndexError, match="base weights sha256 unrecorded"):
+        check_model(_index_with(legacy), MODEL)
+
+
+def test_a_zeroshot_index_is_the_base_weights_alone() -> None:
+    zs = {**MODEL, "zeroshot": True}
+    # other adapters, the same frozen CLIP: the same zero-shot embeddings
+    check_model(_index_with(zs), {**zs, "adapters": "other", "adapters_digest": "e" * 64})
+    with pytest.raises(VideoIndexError, match=r"zero-shot CLIP \(base weights sha256 cccccccccccc\)"):
+        check_model(_index_with(zs), {**zs, "base_weights_sha256": "d" * 64})
+
+
+def _index_with(model: dict) -> VideoIndex:
+    idx = _index()
+    idx.meta = {**idx.meta, "model": model}
+    return idx
 
 
 def test_not_an_index(tmp_path: Path) -> None:

@@ -264,3 +264,20 @@ def test_captions_stage_on_a_ray_cluster(
         tables[engine] = cwd / "data/captions.parquet"
         assert not (cwd / ".work/captions").exists()
     assert filecmp.cmp(tables["local"], tables["ray"], shallow=False)
+
+
+def test_stale_part_folders_of_other_inputs_are_removed(tmp_path: Path, capsys) -> None:
+    from discovla.indexing import _remove_stale_parts
+
+    work = tmp_path / "work"
+    old, fresh, keep = (work / name for name in ("a" * 16, "b" * 16, "c" * 16))
+    for d in (old, fresh, keep):
+        d.mkdir(parents=True)
+        (d / "part-00000.npy").write_bytes(b"x" * 2048)
+    (work / "notes").mkdir()  # not a part folder: never touched
+    hours_ago = time.time() - 2 * 3600
+    for path in (old / "part-00000.npy", old, work / "notes"):
+        os.utime(path, (hours_ago, hours_ago))
+    _remove_stale_parts(keep)
+    assert sorted(p.name for p in work.iterdir()) == ["b" * 16, "c" * 16, "notes"]
+    assert "removed 1 stale part folder(s)" in capsys.readouterr().out

@@ -295,6 +295,27 @@ def test_search_refuses_an_index_of_another_model(setup: dict, clip_index: Path,
         Retriever.load(other, device="cpu").search("a red circle", index=clip_index)
 
 
+def test_a_zeroshot_index_is_tied_to_the_frozen_weights(setup: dict, tmp_path: Path) -> None:
+    from discovla.clip_factory import HF_SAFE_WEIGHTS, save_clip
+
+    zs = tmp_path / "zs"
+    _cli("index", setup["clips"], "--out", zs, "--adapters", setup["adapters"], "--zeroshot")
+    # adapters without their card (which would refuse other base weights itself), on other frozen weights
+    bare = tmp_path / "bare"
+    shutil.copytree(setup["adapters"], bare, ignore=shutil.ignore_patterns("README.md"))
+    r = Retriever.load(bare, device="cpu", zeroshot=True)
+    assert r.search("a red circle", index=zs, k=1)  # the same base: the same zero-shot model
+    clip = r.backbone.model
+    with torch.no_grad():
+        clip.text_projection.add_(0.01)
+    save_clip(clip, "tiny-clip", tmp_path / "other-clip", {})
+    other = Retriever.load(
+        bare, device="cpu", zeroshot=True, pretrained=str(tmp_path / "other-clip" / HF_SAFE_WEIGHTS)
+    )
+    with pytest.raises(Exception, match="computed with another model: zero-shot CLIP"):
+        other.search("a red circle", index=zs)
+
+
 # --------------------------------------------------------------------- the default index and its stage
 
 

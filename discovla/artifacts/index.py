@@ -153,16 +153,22 @@ def read_index(path: str | Path, ann: bool = True) -> VideoIndex:
 
 
 def describe_model(model: dict[str, Any]) -> str:
-    """``zero-shot CLIP of <dir> (adapters sha256 abcdef123456)`` or ``DiscoVLA <dir> (...)``."""
-    kind = "zero-shot CLIP of" if model.get("zeroshot") else "DiscoVLA"
+    """``zero-shot CLIP (base weights sha256 abcdef123456)`` or
+    ``DiscoVLA <dir> (adapters sha256 abcdef123456, base weights sha256 ...)``."""
+    base = str(model.get("base_weights_sha256") or "unrecorded")[:12]
+    if model.get("zeroshot"):
+        return f"zero-shot CLIP (base weights sha256 {base})"
     digest = str(model.get("adapters_digest", ""))[:12]
-    return f"{kind} {model.get('adapters', '?')} (adapters sha256 {digest})"
+    return f"DiscoVLA {model.get('adapters', '?')} (adapters sha256 {digest}, base weights sha256 {base})"
 
 
 def same_model(meta: dict[str, Any], model: dict[str, Any]) -> bool:
-    """Whether an index's ``meta`` was computed by ``model`` (adapters digest and zero-shot flag)."""
+    """Whether an index's ``meta`` was computed by ``model``: the zero-shot flag, the frozen CLIP's
+    weights digest and, unless zero-shot (where the adapters play no part), the adapters digest. An index
+    that does not record its base weights (made before they were recorded) is not taken as the same."""
     have = meta.get("model") or {}
-    return all(have.get(k) == model.get(k) for k in ("adapters_digest", "zeroshot"))
+    keys = ("zeroshot", "base_weights_sha256") + (() if model.get("zeroshot") else ("adapters_digest",))
+    return bool(have.get("base_weights_sha256")) and all(have.get(k) == model.get(k) for k in keys)
 
 
 def check_model(index: VideoIndex, model: dict[str, Any], where: str | Path = "index") -> None:
