@@ -227,7 +227,8 @@ def run_ablation(
     With ``records`` (a folder, e.g. ``metrics/ablation_runs``) each finished run's result is written there
     as it finishes, and a run whose record carries its checkpoint key (same config, inputs, frozen weights
     and training code) is taken from the record instead of trained: an ablation that outlasts one sitting
-    resumes from the records committed so far, on any machine.
+    resumes from the records committed so far, on any machine that reproduces the inputs' bytes (one of
+    another CPU type does not: README, "Reproducible on one kind of machine", and retrains).
     """
     from discovla.artifacts.ablation import read_run_record, run_record_path, write_run_record
     from discovla.artifacts.adapters import checkpoint_root
