@@ -31,8 +31,8 @@ import typer
 
 from discovla.artifacts.features import load_features
 from discovla.artifacts.index import CHUNK_ROWS, VideoIndex, read_index, topk, write_index
-from discovla.indexing import split_index
 from discovla.retriever import Retriever
+from discovla.split_indexing import split_index
 
 QUERIES = [
     "a red circle slides to the left",

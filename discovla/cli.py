@@ -310,7 +310,7 @@ def index_videos(
 def _dataset_paths() -> dict[str, str]:
     """Video paths of the pipeline's dataset (params.yaml ``data``), {} when there is none here."""
     from discovla.config import ParamsError, load_params
-    from discovla.indexing import dataset_video_paths
+    from discovla.split_indexing import dataset_video_paths
 
     try:
         data = load_params().data
@@ -374,8 +374,8 @@ def search(
     nprobe: int | None = typer.Option(None, min=1, help="ivf/ivfpq cells scanned (default: the index's)."),
 ) -> None:
     """Find the videos that best match a text: prints rank, video id, score (cosine) and path."""
-    from discovla.indexing import ensure_split_index
     from discovla.retriever import Retriever
+    from discovla.split_indexing import ensure_split_index
 
     if (query is None) == (queries is None):
         raise UsageError("give a QUERY or --queries FILE (one of the two)")

@@ -14,7 +14,7 @@ import typer
 
 from discovla.config import load_params_or_exit
 from discovla.errors import run_stage
-from discovla.indexing import build_split_index, dataset_video_paths
+from discovla.split_indexing import build_split_index, dataset_video_paths
 
 
 def main(

@@ -35,7 +35,7 @@ from discovla.data.registry import load_dataset
 from discovla.engines import EngineParams
 from discovla.extraction import extract_frames
 from discovla.images import encode_png
-from discovla.indexing import build_split_index
+from discovla.split_indexing import build_split_index
 from discovla.tiny_blip import TinyBlipSpec, pretrain_tiny_captioner
 
 RAY = EngineParams(frames="ray", captions="ray", index="ray", part_frames=5)
@@ -267,7 +267,7 @@ def test_captions_stage_on_a_ray_cluster(
 
 
 def test_stale_part_folders_of_other_inputs_are_removed(tmp_path: Path, capsys) -> None:
-    from discovla.indexing import _remove_stale_parts
+    from discovla.split_indexing import _remove_stale_parts
 
     work = tmp_path / "work"
     old, fresh, keep = (work / name for name in ("a" * 16, "b" * 16, "c" * 16))

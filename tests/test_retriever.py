@@ -382,7 +382,7 @@ def test_index_stage_writes_the_default_index(
     index = read_index(tmp_path / "idx")
     assert len(index) == 6 and index.paths == [""] * 6  # no dataset here: no paths
     # and the CLI takes it as its default index without rebuilding
-    from discovla.indexing import ensure_split_index
+    from discovla.split_indexing import ensure_split_index
 
     _, why = ensure_split_index(
         Retriever.load(setup["adapters"], device="cpu"), tmp_path / "features", tmp_path / "idx"
