@@ -219,14 +219,14 @@ def test_checker_reports_drift() -> None:
     dvc = copy.deepcopy(_dvc())
     train = dvc["stages"]["train"]
     train["deps"] = [d for d in train["deps"] if d != "discovla/losses.py"]
-    train["deps"] += ["discovla/cli.py", "discovla/nope.py", "data/not-yet", "models/not-yet"]
+    train["deps"] += ["discovla/serve.py", "discovla/nope.py", "data/not-yet", "models/not-yet"]
     train["params"] = [p for p in train["params"] if p != "fusion"] + ["shapes"]
     train["outs"] = [o for o in train["outs"] if o != "models/discovla"]
     problems = check_pipeline(dvc)
     assert all(p.startswith("stage train: ") for p in problems), problems
     assert {
         "stage train: deps miss discovla/losses.py (imported or read by its code)",
-        "stage train: dep discovla/cli.py is not imported or read by its code (stale)",
+        "stage train: dep discovla/serve.py is not imported or read by its code (stale)",
         "stage train: dep discovla/nope.py does not exist",
         "stage train: reads params fusion.alpha but dvc.yaml does not list it",
         "stage train: reads params fusion.enabled but dvc.yaml does not list it",

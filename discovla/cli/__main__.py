@@ -1,0 +1,5 @@
+"""``python -m discovla.cli``: the ``discovla`` command."""
+
+from discovla.cli import app
+
+app()
