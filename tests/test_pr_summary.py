@@ -15,7 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from discovla.cli import app
-from discovla.pr_summary import NO_CHANGE, changed_plots, pr_summary
+from discovla.pr_diffs import NO_CHANGE, changed_plots
+from discovla.pr_summary import pr_summary
 
 # The stage: params train.lr -> retrieval metrics, a recall curve and the train metrics' checkpoint key.
 STAGE = """
