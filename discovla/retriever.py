@@ -79,6 +79,17 @@ def adapters_identity(adapters_dir: str | Path, zeroshot: bool) -> dict[str, Any
     return {"adapters": str(path), "adapters_digest": digest, "zeroshot": bool(zeroshot)}
 
 
+def adapters_config(adapters_dir: str | Path) -> dict[str, Any]:
+    """The adapters' ``config.json`` (backbone, model config, pretrained): :class:`AdaptersError` when it
+    was not written by the train stage."""
+    path = Path(adapters_dir)
+    cfg = read_json(path / "config.json")
+    absent = [k for k in ("backbone", "model") if k not in cfg]
+    if absent:
+        raise AdaptersError(f"{path}/config.json has no {', '.join(absent)}: not written by the train stage")
+    return cfg
+
+
 def _resolve_pretrained(pretrained: str | None, adapters_dir: Path) -> str | None:
     """``pretrained`` from config.json: a relative checkpoint path not found from the working directory is
     looked up from the directories above the adapters (``models/discovla`` -> the repository root)."""
@@ -149,12 +160,7 @@ class Retriever:
 
         path = Path(adapters_dir)
         identity = adapters_identity(path, zeroshot)
-        cfg = read_json(path / "config.json")
-        absent = [k for k in ("backbone", "model") if k not in cfg]
-        if absent:
-            raise AdaptersError(
-                f"{path}/config.json has no {', '.join(absent)}: not written by the train stage"
-            )
+        cfg = adapters_config(path)
         weights = pretrained if pretrained is not None else _resolve_pretrained(cfg.get("pretrained"), path)
         if weights and _looks_like_path(weights) and not Path(weights).is_file():
             raise AdaptersError(

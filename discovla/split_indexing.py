@@ -36,8 +36,8 @@ from discovla.artifacts.index import (
 from discovla.batching import batches
 from discovla.engines import EngineParams
 from discovla.errors import DiscoVLAError
-from discovla.io import atomic_path
-from discovla.retriever import Retriever
+from discovla.io import atomic_path, read_json, write_json
+from discovla.retriever import Retriever, adapters_config, adapters_identity
 
 
 def dataset_video_paths(dataset: str, root: str | Path) -> dict[str, str]:
@@ -56,13 +56,21 @@ def _embed_batch(retriever: Retriever, features: Features, vids: np.ndarray) -> 
     return retriever.embed_pixels(torch.stack([retriever.check_frames(v) for v in features.pixels[vids]]))
 
 
+MODEL_META = "model.json"  # in a parts directory: the index meta of the model the actors loaded
+
+
 class _EmbedParts:
     """Ray actor (the ``ray`` engine): one retriever and the feature cache; embeds a part's videos in the
-    local engine's batches and writes them as ``.npy`` (float32 ``[N, D]``)."""
+    local engine's batches and writes them as ``.npy`` (float32 ``[N, D]``). It also writes its model's
+    index meta (:meth:`Retriever.index_meta`) as ``model.json`` next to the parts, so the driver never
+    loads the model."""
 
-    def __init__(self, adapters_dir: str, zeroshot: bool, device: str, features_dir: str) -> None:
+    def __init__(
+        self, adapters_dir: str, zeroshot: bool, device: str, features_dir: str, parts_dir: str
+    ) -> None:
         self.retriever = Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)
         self.features = load_features(features_dir)
+        write_json(Path(parts_dir) / MODEL_META, self.retriever.index_meta())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
         (vids,), (per_batch,), (out,) = (batch[k] for k in ("vids", "per_batch", "part"))
@@ -108,11 +116,13 @@ def embed_split_ray(
     engine: EngineParams,
     work_dir: str | Path,
     progress: bool = True,
-) -> torch.Tensor:
-    """The embeddings of feature-cache rows ``vids`` on Ray: parts of whole batches of ``per_batch``
-    videos (about ``engine.part_frames`` frames) on an actor pool of ``engine.actors`` retrievers, each
-    part kept as ``work_dir/<key>/part-XXXXX.npy`` (key: hash of the cache, the adapters' files, the rows
-    and the batching) so that a rerun after a kill embeds only the missing parts; removed after success."""
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The embeddings of feature-cache rows ``vids`` on Ray, and the index meta of the model the actors
+    loaded: parts of whole batches of ``per_batch`` videos (about ``engine.part_frames`` frames) on an actor
+    pool of ``engine.actors`` retrievers, each part kept as ``work_dir/<key>/part-XXXXX.npy`` (key: hash of
+    the cache, the adapters' files, the rows and the batching) so that a rerun after a kill embeds only the
+    missing parts; removed after success. The driver loads no model (only when every part was already
+    there and its ``model.json`` was not)."""
     from discovla.ray_engine import actor_device, run_parts
 
     features = load_features(features_dir)
@@ -146,6 +156,7 @@ def embed_split_ray(
         "zeroshot": zeroshot,
         "device": device,
         "features_dir": str(Path(features_dir).resolve()),
+        "parts_dir": str(parts_dir),
     }
     resumed = len(vids) - sum(len(p["vids"]) for p in todo)
     with tqdm(
@@ -155,12 +166,60 @@ def embed_split_ray(
             todo, _EmbedParts, engine=engine, on_done=lambda r: bar.update(int(r["videos"])), kwargs=kwargs
         )
     emb = torch.cat([torch.from_numpy(np.load(p["part"], allow_pickle=False)) for p in plan])
+    if (parts_dir / MODEL_META).is_file():
+        meta = read_json(parts_dir / MODEL_META)
+    else:  # every part from an earlier run that predates model.json
+        meta = Retriever.load(adapters_dir, device="cpu", zeroshot=zeroshot).index_meta()
     shutil.rmtree(parts_dir)
     try:
         Path(work_dir).rmdir()  # only if no other (stale) work is left in it
     except OSError:
         pass
-    return emb
+    return emb, meta
+
+
+def _check_split(features: Features, backbone: str, num_frames: int, zeroshot: bool) -> None:
+    """The feature cache was made for the model's backbone, with its frame count (unless zero-shot)."""
+    meta = features.meta
+    if meta.get("backbone") not in (None, backbone):
+        raise VideoIndexError(
+            f"the feature cache was made for backbone {meta['backbone']!r}, the adapters use "
+            f"{backbone!r}: rerun the features stage or pass the matching --adapters"
+        )
+    frames = int(features.pixels.shape[1])
+    if not zeroshot and frames != num_frames:
+        raise VideoIndexError(
+            f"the feature cache {features.path or ''} has {frames} frames per video, the adapters were "
+            f"trained on {num_frames}: rebuild it with frames.num_frames: {num_frames} "
+            f"(dvc repro) or pass the adapters trained on it (--adapters)"
+        )
+
+
+def _split_index(
+    model_meta: dict[str, Any],
+    features: Features,
+    split: str,
+    vids: np.ndarray,
+    emb: torch.Tensor,
+    paths: dict[str, str] | None,
+    source: dict[str, Any] | None,
+) -> VideoIndex:
+    ids = [features.video_ids[i] for i in vids]
+    paths = paths or {}
+    src = {"kind": "split", "split": split, "features_digest": features.fingerprint(), **(source or {})}
+    return VideoIndex(
+        video_ids=ids,
+        paths=[paths.get(v, "") for v in ids],
+        embeddings=emb,
+        meta={**model_meta, "source": src},
+    )
+
+
+def _split_videos(features: Features, split: str) -> np.ndarray:
+    vids = features.split_videos(split)
+    if len(vids) == 0:
+        raise VideoIndexError(f"the feature cache has no {split!r} videos")
+    return vids
 
 
 def split_index(
@@ -170,42 +229,14 @@ def split_index(
     paths: dict[str, str] | None = None,
     batch_size: int = 256,
     source: dict[str, Any] | None = None,
-    embed: Callable[[np.ndarray, int], torch.Tensor] | None = None,
 ) -> VideoIndex:
-    """The videos of ``split`` embedded from the feature cache's pixels (as the evaluate stage does).
-
-    ``embed(vids, per_batch)``: the embeddings of those feature-cache rows, batch by batch (default: here,
-    with ``retriever``; the ray engine passes :func:`embed_split_ray`)."""
-    vids = features.split_videos(split)
-    if len(vids) == 0:
-        raise VideoIndexError(f"the feature cache has no {split!r} videos")
-    meta = features.meta
-    if meta.get("backbone") not in (None, retriever.backbone.name):
-        raise VideoIndexError(
-            f"the feature cache was made for backbone {meta['backbone']!r}, the adapters use "
-            f"{retriever.backbone.name!r}: rerun the features stage or pass the matching --adapters"
-        )
-    frames = int(features.pixels.shape[1])
-    if retriever.model is not None and frames != retriever.num_frames:
-        raise VideoIndexError(
-            f"the feature cache {features.path or ''} has {frames} frames per video, the adapters were "
-            f"trained on {retriever.num_frames}: rebuild it with frames.num_frames: {retriever.num_frames} "
-            f"(dvc repro) or pass the adapters trained on it (--adapters)"
-        )
-    per_batch = max(1, batch_size // frames)
-    if embed is None:
-        emb = [_embed_batch(retriever, features, vids[sl]) for sl in batches(len(vids), per_batch)]
-    else:
-        emb = [embed(vids, per_batch)]
-    ids = [features.video_ids[i] for i in vids]
-    paths = paths or {}
-    src = {"kind": "split", "split": split, "features_digest": features.fingerprint(), **(source or {})}
-    return VideoIndex(
-        video_ids=ids,
-        paths=[paths.get(v, "") for v in ids],
-        embeddings=torch.cat(emb),
-        meta={**retriever.index_meta(), "source": src},
-    )
+    """The videos of ``split`` embedded from the feature cache's pixels (as the evaluate stage does), here
+    with ``retriever``, ``batch_size`` frames per forward pass."""
+    vids = _split_videos(features, split)
+    _check_split(features, retriever.backbone.name, retriever.num_frames, retriever.zeroshot)
+    per_batch = max(1, batch_size // int(features.pixels.shape[1]))
+    emb = torch.cat([_embed_batch(retriever, features, vids[sl]) for sl in batches(len(vids), per_batch)])
+    return _split_index(retriever.index_meta(), features, split, vids, emb, paths, source)
 
 
 def build_split_index(
@@ -224,27 +255,25 @@ def build_split_index(
 ) -> VideoIndex:
     """Index the ``split`` videos of the feature cache ``features_dir`` with the model of ``adapters_dir``
     (or ``retriever``, already loaded) into ``out``; ``paths``: ``video_id -> file`` shown by search.
-    ``engine.index == "ray"``: embedded on Ray (:func:`embed_split_ray`, parts under ``work_dir``)."""
-    retriever = retriever or Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)
+    ``engine.index == "ray"``: embedded on Ray (:func:`embed_split_ray`, parts under ``work_dir``; the
+    model is loaded by the actors only, its config checked here first)."""
     features = load_features(features_dir)
-    embed = None
+    source = {"features": str(features_dir)}
     if engine is not None and engine.index == "ray":
         if work_dir is None or not adapters_dir:
             raise VideoIndexError("the ray index engine needs the adapters directory and a work directory")
-
-        def embed(vids: np.ndarray, per_batch: int) -> torch.Tensor:
-            return embed_split_ray(
-                features_dir,
-                adapters_dir,
-                vids,
-                per_batch,
-                zeroshot=zeroshot,
-                engine=engine,
-                work_dir=work_dir,
-            )
-
-    source = {"features": str(features_dir)}
-    index = split_index(retriever, features, split, paths, batch_size, source, embed=embed)
+        adapters_identity(adapters_dir, zeroshot)  # the adapter files are there: one line before Ray starts
+        cfg = adapters_config(adapters_dir)
+        vids = _split_videos(features, split)
+        _check_split(features, cfg["backbone"], cfg["model"].get("num_frames", 8), zeroshot)
+        per_batch = max(1, batch_size // int(features.pixels.shape[1]))
+        emb, meta = embed_split_ray(
+            features_dir, adapters_dir, vids, per_batch, zeroshot=zeroshot, engine=engine, work_dir=work_dir
+        )
+        index = _split_index(meta, features, split, vids, emb, paths, source)
+    else:
+        retriever = retriever or Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)
+        index = split_index(retriever, features, split, paths, batch_size, source)
     write_index(out, index)
     return index
 

@@ -212,11 +212,19 @@ def test_captions_ray_writes_the_local_table_and_resumes(
 # ------------------------------------------------------------------------------------------ index
 
 
-def test_index_ray_writes_the_local_index(ray_cluster: str, tmp_path: Path) -> None:
+def test_index_ray_writes_the_local_index(ray_cluster: str, tmp_path: Path, monkeypatch) -> None:
+    """Same index, meta included; the driver loads no model (the actors, in their own processes, do)."""
+    from discovla.retriever import Retriever
+
     features = synthetic_features(n_train=16, n_test=10, frames=4, size=32)
     adapters = train_adapters(tmp_path, features)
     cache = write_features(features, tmp_path / "features")
     local = build_split_index(cache, adapters, "test", tmp_path / "local", batch_size=8, device="cpu")
+
+    def no_model_here(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the driver loaded the model")
+
+    monkeypatch.setattr(Retriever, "load", no_model_here)
     on_ray = build_split_index(
         cache,
         adapters,
