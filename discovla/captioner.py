@@ -149,10 +149,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(source: str, local_files_only: bool) -> tuple[Any, Any]:
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+def _from_pretrained(source: str, local_files_only: bool, weights: bool = True) -> tuple[Any, Any]:
+    """The processor and the model (``weights=False``: its config only, nothing else is read)."""
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 
     processor = BlipProcessor.from_pretrained(source, local_files_only=local_files_only)
+    if not weights:
+        return processor, BlipConfig.from_pretrained(source, local_files_only=local_files_only)
     net = BlipForConditionalGeneration.from_pretrained(source, local_files_only=local_files_only)
     return processor, net
 
@@ -164,6 +167,20 @@ def load_captioner(
 
     Raises :class:`CaptionerUnavailable` with one message saying what to download or build.
     """
+    processor, net = _resolve(model, weights=True)
+    return Captioner(net, processor, device, name=model, dtype=dtype)
+
+
+def check_captioner(model: str) -> None:
+    """Raise :class:`CaptionerUnavailable` (the message :func:`load_captioner` would give) unless ``model``
+    has a BLIP processor and config where the captioner would be loaded from; no weights are read (a Ray
+    driver checks before its actors load the model)."""
+    _resolve(model, weights=False)
+
+
+def _resolve(model: str, weights: bool) -> tuple[Any, Any]:
+    """Processor and model (or config, ``weights=False``) of ``model``, from a local directory, the Hugging
+    Face cache, or the hub when it is reachable."""
     if model == ORACLE:
         raise CaptionerUnavailable(
             "captioner.model: 'oracle' is not a model (only the captions stage takes it)"
@@ -178,24 +195,24 @@ def load_captioner(
         )
     if local:
         try:
-            processor, net = _from_pretrained(str(path), local_files_only=True)
+            processor, net = _from_pretrained(str(path), local_files_only=True, weights=weights)
         except (OSError, ValueError, KeyError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CaptionerUnavailable(
                 f"captioner.model: {model!r} is not a BLIP captioner saved with save_pretrained "
                 f"(model + processor): {reason}"
             ) from exc
-        return Captioner(net, processor, device, name=model, dtype=dtype)
+        return processor, net
     try:  # the Hugging Face cache first: no network needed
-        processor, net = _from_pretrained(model, local_files_only=True)
+        processor, net = _from_pretrained(model, local_files_only=True, weights=weights)
     except (OSError, ValueError, KeyError):
         if hub_offline() or not _hub_reachable():
             raise CaptionerUnavailable(_hub_hint(model)) from None
         try:
-            processor, net = _from_pretrained(model, local_files_only=False)
+            processor, net = _from_pretrained(model, local_files_only=False, weights=weights)
         except (OSError, ValueError, KeyError) as exc:
             raise CaptionerUnavailable(
                 f"captioner.model: cannot load {model!r} from the Hugging Face Hub ({exc}); give a BLIP "
                 "captioning repo id (Salesforce/blip-image-captioning-base) or a local directory"
             ) from exc
-    return Captioner(net, processor, device, name=model, dtype=dtype)
+    return processor, net

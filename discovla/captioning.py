@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from discovla.artifacts.captions import CAPTIONS_SCHEMA, check_one_caption_per_frame, import_pseudo_captions
 from discovla.artifacts.frame_rows import read_frame_rows, shard_batch_sizes
 from discovla.artifacts.frames import KEYS, count_frames, frame_shards, iter_frame_batches, read_frames_index
-from discovla.captioner import ORACLE, Captioner, load_captioner
+from discovla.captioner import ORACLE, Captioner, check_captioner, load_captioner
 from discovla.data.shapes import caption_agreement, match_frame_truth
 from discovla.engines import EngineParams
 from discovla.io import write_parquet
@@ -110,7 +110,7 @@ def caption_frames_ray(
     captioners (``engine.num_gpus`` GPUs each) writes ``work_dir/<key>/part-XXXXX.parquet`` per part (key:
     hash of the shards' names, sizes and mtimes, the model files and the params), so a rerun after a kill
     captions only the missing parts; that directory is removed after success."""
-    load_captioner(model, "cpu")  # here too: a missing model is one line before Ray starts
+    check_captioner(model)  # a missing model is one line before Ray starts; only the actors load it
     shards = frame_shards(frames_dir)
     plan: list[dict[str, Any]] = []  # absolute paths for the workers (their working directory is not ours)
     for path in shards:

@@ -1,10 +1,14 @@
-"""The BLIP captioner wrapper: caption normalisation and loading (offline hub ids, bad local directories)."""
+"""The BLIP captioner wrapper: caption normalisation and loading (offline hub ids, bad local directories),
+and the weight-free check a Ray driver makes."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
-from discovla.captioner import CaptionerUnavailable, load_captioner
+from discovla.captioner import CaptionerUnavailable, check_captioner, load_captioner
 from discovla.text import normalize_caption
 
 
@@ -31,3 +35,20 @@ def test_missing_or_broken_local_directory(tmp_path, monkeypatch) -> None:
         load_captioner(str(tmp_path / "empty"), "cpu")
     with pytest.raises(CaptionerUnavailable, match="oracle"):
         load_captioner("oracle", "cpu")
+
+
+def test_check_reads_no_weights_and_says_what_loading_would(tmp_path, monkeypatch) -> None:
+    """check_captioner: the same one-line errors as load_captioner, but a directory without its weights
+    passes (only the config and processor are read), where loading it fails."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for bad, match in ((str(tmp_path / "nope"), "not found"), ("oracle", "oracle")):
+        with pytest.raises(CaptionerUnavailable, match=match):
+            check_captioner(bad)
+    with pytest.raises(CaptionerUnavailable, match="not available offline"):
+        check_captioner("Salesforce/blip-image-captioning-base")
+    tiny = Path(__file__).resolve().parents[1] / "models/tiny-blip"
+    shutil.copytree(tiny, tmp_path / "blip", ignore=shutil.ignore_patterns("*.safetensors"))
+    check_captioner(str(tmp_path / "blip"))
+    with pytest.raises(CaptionerUnavailable, match="save_pretrained"):
+        load_captioner(str(tmp_path / "blip"), "cpu")
