@@ -16,6 +16,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,50 +124,75 @@ def _read_part_meta(path: Path) -> tuple[list[list[Any]], list[list[Any]]]:
     return json.loads(meta[b"discovla.videos"]), json.loads(meta[b"discovla.skipped"])
 
 
-class _ShardWriter:
-    """Writes rows into ``shard-00000.parquet``, ... of at most ``shard_rows`` rows each, one row group per
-    video (and shard), in the store's format."""
+def _shard_plan(part_rows: list[int], shard_rows: int) -> list[list[tuple[int, int, int]]]:
+    """Per shard, its ``(part, start, stop)`` row ranges: the parts' rows in order, cut every ``shard_rows``
+    rows (at least one shard, empty when there are no rows, so readers always find the schema)."""
+    plan: list[list[tuple[int, int, int]]] = [[]]
+    room = shard_rows
+    for i, n in enumerate(part_rows):
+        start = 0
+        while start < n:
+            if room == 0:
+                plan.append([])
+                room = shard_rows
+            take = min(room, n - start)
+            plan[-1].append((i, start, start + take))
+            start, room = start + take, room - take
+    return plan
 
-    def __init__(self, out_dir: Path, shard_rows: int, size: int) -> None:
-        self.out_dir, self.shard_rows = out_dir, shard_rows
-        self.schema = frames_schema(size)
-        self.shards = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._rows = 0
 
-    def _open(self) -> None:
-        name = self.out_dir / f"shard-{self.shards:05d}.parquet"
-        self._writer = pq.ParquetWriter(name, self.schema, **PARQUET_OPTIONS)
-        self.shards += 1
-        self._rows = 0
+def _write_shard(out: str, slices: list[list[Any]], size: int) -> dict[str, int]:
+    """Write one shard of the store: the given ``[part file, start, stop]`` row ranges in order, one row
+    group per video (as the local engine always wrote them). A function of its arguments alone, so shards are
+    written in parallel, by threads here or by Ray tasks on the nodes that see the store."""
+    with pq.ParquetWriter(out, frames_schema(size), **PARQUET_OPTIONS) as writer:
+        rows = 0
+        for part, a, b in slices:
+            table = pq.read_table(part).replace_schema_metadata(None).slice(a, b - a)
+            ids = table.column("video_id").to_numpy(zero_copy_only=False)
+            cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+            for x, y in zip(cuts[:-1], cuts[1:], strict=False):  # one video's rows: its own row group
+                writer.write_table(table.slice(x, y - x), row_group_size=y - x)
+            rows += table.num_rows
+    return {"rows": rows}
 
-    def write(self, table: pa.Table) -> None:
-        """Append ``table``'s rows (grouped by video, as a part holds them)."""
-        table = table.replace_schema_metadata(None)
-        ids = table.column("video_id").to_numpy(zero_copy_only=False)
-        starts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
-        for a, b in zip(starts[:-1], starts[1:], strict=False):  # one video's rows: its own row group
-            offset = a
-            while offset < b:
-                if self._writer is None or self._rows >= self.shard_rows:
-                    self.close()
-                    self._open()
-                assert self._writer is not None
-                n = min(self.shard_rows - self._rows, b - offset)
-                self._writer.write_table(table.slice(offset, n), row_group_size=n)
-                self._rows += n
-                offset += n
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+def _write_shard_task(task: dict[str, Any], size: int) -> dict[str, int]:
+    """Ray task (the ``ray`` engine): :func:`_write_shard` of one planned shard."""
+    slices = [
+        [str(p), int(a), int(b)] for p, a, b in zip(task["parts"], task["starts"], task["stops"], strict=True)
+    ]
+    return _write_shard(str(task["out"]), slices, size)
 
-    def finish(self) -> int:
-        if self.shards == 0:  # no frames at all: one empty shard, so readers always find the schema
-            self._open()
-        self.close()
-        return self.shards
+
+def _write_shards(
+    out_dir: Path,
+    part_paths: list[Path],
+    shard_rows: int,
+    size: int,
+    workers: int,
+    engine: EngineParams | None,
+) -> int:
+    """Write the store's shards from the resume parts, in parallel (``workers`` threads, or Ray tasks
+    with the ``ray`` engine): the same files as writing them one after another. Returns the shard count."""
+    plan = _shard_plan([pq.ParquetFile(p).metadata.num_rows for p in part_paths], shard_rows)
+    tasks = [  # plain columns (Ray Data rows), absolute paths (the workers' directory is not ours)
+        {
+            "out": str((out_dir / f"shard-{k:05d}.parquet").resolve()),
+            "parts": [str(part_paths[i].resolve()) for i, _, _ in slices],
+            "starts": [a for _, a, _ in slices],
+            "stops": [b for _, _, b in slices],
+        }
+        for k, slices in enumerate(plan)
+    ]
+    if engine is not None and engine.frames == "ray" and len(tasks) > 1:
+        from discovla.ray_engine import run_parts
+
+        run_parts(tasks, _write_shard_task, engine=engine, on_done=lambda r: None, kwargs={"size": size})
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tasks)))) as pool:
+            list(pool.map(lambda t: _write_shard_task(t, size), tasks))
+    return len(tasks)
 
 
 def _pending_results(tasks: list[_Task], workers: int, bar: tqdm) -> Iterator[dict[str, Any]]:
@@ -280,17 +306,13 @@ def extract_frames(
 
     video_rows: list[list[Any]] = []
     skipped_rows: list[list[Any]] = []
+    for p in part_paths:
+        v, sk = _read_part_meta(p)
+        video_rows += v
+        skipped_rows += sk
+    frames_written = sum(pq.ParquetFile(p).metadata.num_rows for p in part_paths)
     with atomic_dir(out_dir) as tmp:
-        shards = _ShardWriter(tmp, shard_rows, size)
-        frames_written = 0
-        for p in part_paths:
-            v, s = _read_part_meta(p)
-            video_rows += v
-            skipped_rows += s
-            table = pq.read_table(p)
-            frames_written += table.num_rows
-            shards.write(table)
-        n_shards = shards.finish()
+        n_shards = _write_shards(tmp, part_paths, shard_rows, size, workers, engine)
         pd.DataFrame(video_rows, columns=VIDEOS_COLUMNS).to_csv(tmp / "videos.csv", index=False)
         pd.DataFrame(skipped_rows, columns=SKIPPED_COLUMNS).to_csv(tmp / "skipped.csv", index=False)
     shutil.rmtree(parts_dir)

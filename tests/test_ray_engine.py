@@ -93,10 +93,10 @@ def test_a_bad_engine_param_stops_the_stage_with_one_line(tmp_path: Path) -> Non
 
 def test_frames_ray_writes_the_local_store(ray_cluster: str, tmp_path: Path) -> None:
     videos = load_dataset("folder", make_dataset(tmp_path / "ds")).videos  # good and broken videos
-    local = extract_frames(videos, tmp_path / "local", F, SIZE, work_dir=tmp_path / "wl", batch_videos=3)
-    on_ray = extract_frames(
-        videos, tmp_path / "ray", F, SIZE, work_dir=tmp_path / "wr", batch_videos=3, engine=RAY
-    )
+    kw = {"batch_videos": 3, "shard_rows": 5}  # several shards, written by Ray tasks in parallel
+    local = extract_frames(videos, tmp_path / "local", F, SIZE, work_dir=tmp_path / "wl", **kw)
+    on_ray = extract_frames(videos, tmp_path / "ray", F, SIZE, work_dir=tmp_path / "wr", engine=RAY, **kw)
+    assert local["shards"] > 2
     _same_dir(tmp_path / "local", tmp_path / "ray")  # shards, videos.csv, skipped.csv: byte-identical
     assert _untimed(on_ray) == _untimed(local) and on_ray["skipped"] == 4
     assert not (tmp_path / "wr").exists()  # parts removed after success
