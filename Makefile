@@ -25,13 +25,14 @@ lint: setup
 
 # The search page's test drives a real browser: Debian's chromium, installed here when it is missing and
 # this is a root shell with apt-get (a CI container); otherwise that one test is skipped with its reason.
-# BROWSER=0 leaves the system alone.
-BROWSER ?= 1
+# INSTALL_CHROMIUM=0 leaves the system alone.
+INSTALL_CHROMIUM ?= 1
 browser:
-	@if [ "$(BROWSER)" != 1 ]; then echo "BROWSER=0: the browser test will be skipped"; \
-	elif command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null; then :; \
+	@if [ "$(INSTALL_CHROMIUM)" != 1 ]; then echo "INSTALL_CHROMIUM=0: the browser test will be skipped"; \
+	elif command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || command -v chrome >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing chromium (apt-get) for the browser test of the search page"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } \
 	    || echo "note: apt-get could not install chromium: the browser test will be skipped"; \
 	else echo "note: no chromium here (apt-get install chromium, as root): the browser test will be skipped"; fi

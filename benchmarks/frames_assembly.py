@@ -110,8 +110,10 @@ def main(
             t = time.perf_counter()
             shards = _write_shards(store, parts, shard_rows, size, n, None)
             seconds = time.perf_counter() - t
-            same = first is None or all(
-                filecmp.cmp(first / p.name, p, shallow=False) for p in sorted(store.iterdir())
+            names = sorted(p.name for p in store.iterdir())
+            same = first is None or (
+                names == sorted(p.name for p in first.iterdir())
+                and all(filecmp.cmp(first / n, store / n, shallow=False) for n in names)
             )
             first = first or store
             run = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -37,9 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 from train_step import device_name  # noqa: E402
 
-from discovla.artifacts.frames import FRAMES_SCHEMA, encode_frames, iter_frame_batches  # noqa: E402
-from discovla.extraction import _ShardWriter  # noqa: E402
-from discovla.io import write_json  # noqa: E402
+from discovla.artifacts.frames import (  # noqa: E402
+    FRAMES_SCHEMA,
+    PARQUET_OPTIONS,
+    encode_frames,
+    iter_frame_batches,
+)
+from discovla.extraction import _write_shards  # noqa: E402
+from discovla.io import write_json, write_parquet  # noqa: E402
 from discovla.report.qualitative import frame_strips  # noqa: E402
 
 
@@ -49,7 +55,8 @@ def synthetic_store(out: Path, videos: int, frames: int, size: int, shard_rows: 
     ramp = np.add.outer(np.arange(size), np.arange(size)) % 16
     texture = np.stack([ramp, ramp[::-1], ramp.T], axis=-1).astype(np.uint8)
     out.mkdir(parents=True)
-    writer = _ShardWriter(out, shard_rows, size)
+    parts_dir = Path(tempfile.mkdtemp(prefix="report-parts-"))
+    parts: list[Path] = []
     batch = 64
     for first in range(0, videos, batch):
         cols: dict[str, list[Any]] = {name: [] for name in FRAMES_SCHEMA.names}
@@ -63,8 +70,10 @@ def synthetic_store(out: Path, videos: int, frames: int, size: int, shard_rows: 
             cols["frame"] += list(range(frames))
             cols["timestamp"] += [0.5 * f for f in range(frames)]
             cols["image"] += encode_frames(clip)
-        writer.write(pa.table(cols, schema=FRAMES_SCHEMA))
-    writer.finish()
+        parts.append(parts_dir / f"part-{len(parts):05d}.parquet")
+        write_parquet(parts[-1], pa.table(cols, schema=FRAMES_SCHEMA), **PARQUET_OPTIONS)
+    _write_shards(out, parts, shard_rows, size, 1, None)  # the stage's own shard writer
+    shutil.rmtree(parts_dir)
 
 
 def full_scan(frames_dir: Path, video_ids: set[str]) -> int:

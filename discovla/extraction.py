@@ -127,6 +127,8 @@ def _read_part_meta(path: Path) -> tuple[list[list[Any]], list[list[Any]]]:
 def _shard_plan(part_rows: list[int], shard_rows: int) -> list[list[tuple[int, int, int]]]:
     """Per shard, its ``(part, start, stop)`` row ranges: the parts' rows in order, cut every ``shard_rows``
     rows (at least one shard, empty when there are no rows, so readers always find the schema)."""
+    if shard_rows < 1:
+        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
     plan: list[list[tuple[int, int, int]]] = [[]]
     room = shard_rows
     for i, n in enumerate(part_rows):
@@ -173,8 +175,9 @@ def _write_shards(
     workers: int,
     engine: EngineParams | None,
 ) -> int:
-    """Write the store's shards from the resume parts, in parallel (``workers`` threads, or Ray tasks
-    with the ``ray`` engine): the same files as writing them one after another. Returns the shard count."""
+    """Write the store's shards from the resume parts, in parallel: ``workers`` threads, or one Ray task
+    per shard with the ``ray`` engine on a running cluster (a local Ray would only add its start-up to
+    what threads do here); the same files as writing them one after another. Returns the shard count."""
     plan = _shard_plan([pq.ParquetFile(p).metadata.num_rows for p in part_paths], shard_rows)
     tasks = [  # plain columns (Ray Data rows), absolute paths (the workers' directory is not ours)
         {
@@ -185,9 +188,9 @@ def _write_shards(
         }
         for k, slices in enumerate(plan)
     ]
-    if engine is not None and engine.frames == "ray" and len(tasks) > 1:
-        from discovla.ray_engine import run_parts
+    from discovla.ray_engine import on_a_cluster, run_parts  # imports no Ray until it runs
 
+    if engine is not None and engine.frames == "ray" and len(tasks) > 1 and on_a_cluster(engine):
         run_parts(tasks, _write_shard_task, engine=engine, on_done=lambda r: None, kwargs={"size": size})
     else:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tasks)))) as pool:
@@ -246,8 +249,10 @@ def extract_frames(
     removed after success.
     ``work_dir`` is the caller's (the stage passes ``.work/frames``): this module knows no pipeline paths.
     ``engine.frames == "ray"``: the batches are sampled as a Ray Data pipeline
-    (:func:`discovla.ray_engine.sample_parts`: the same worker function and part files, so either engine
-    resumes the other's parts, and the same store); else in ``workers`` local processes.
+    (:func:`discovla.ray_engine.run_parts`: the same worker function and part files, so either engine
+    resumes the other's parts, and the same store); else in ``workers`` local processes. The store's
+    shards are then written from the parts in parallel (:func:`_write_shards`: ``workers`` threads, or Ray
+    tasks on a running cluster), each shard independent of the others.
 
     Returns metrics: videos, done, skipped, skipped_by_reason (keyed by the reason's category, the text
     before ':'), repeated, frames, shards, resumed (videos taken from earlier parts), seconds, and

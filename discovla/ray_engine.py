@@ -9,7 +9,7 @@ the stage names (on a cluster: a path every node sees). A killed run thus leaves
 rerun computes just the missing ones; the stage then writes its artifact from the parts exactly as the
 local engine does. Results travel as files or through Ray's object store; nothing is unpickled from disk.
 The stage-specific code lives with each stage (:mod:`discovla.extraction`, :mod:`discovla.captioning`,
-:mod:`discovla.indexing`); this module imports none of it, nor any model.
+:mod:`discovla.split_indexing`); this module imports none of it, nor any model.
 
 :func:`ray_session` starts a local Ray (``engine.num_cpus``) unless ``engine.address`` or ``$RAY_ADDRESS``
 names a cluster.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,16 @@ def run_parts(
             if known is not None:
                 raise known from None
             raise
+
+
+def on_a_cluster(engine: EngineParams) -> bool:
+    """Whether :func:`ray_session` would join a running Ray (``engine.address``, ``$RAY_ADDRESS``, or Ray
+    already initialised in this process) rather than start a local one: work that one machine's threads do
+    as well (writing the frames store's shards) goes to Ray only then."""
+    if engine.address or os.environ.get("RAY_ADDRESS"):
+        return True
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
 
 
 def actor_device(engine: EngineParams) -> str:

@@ -90,7 +90,7 @@ def adapters_config(adapters_dir: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def _resolve_pretrained(pretrained: str | None, adapters_dir: Path) -> str | None:
+def resolve_pretrained(pretrained: str | None, adapters_dir: Path) -> str | None:
     """``pretrained`` from config.json: a relative checkpoint path not found from the working directory is
     looked up from the directories above the adapters (``models/discovla`` -> the repository root)."""
     if not pretrained:
@@ -161,7 +161,7 @@ class Retriever:
         path = Path(adapters_dir)
         identity = adapters_identity(path, zeroshot)
         cfg = adapters_config(path)
-        weights = pretrained if pretrained is not None else _resolve_pretrained(cfg.get("pretrained"), path)
+        weights = pretrained if pretrained is not None else resolve_pretrained(cfg.get("pretrained"), path)
         if weights and _looks_like_path(weights) and not Path(weights).is_file():
             raise AdaptersError(
                 f"{path}: the base CLIP weights {weights} are not found (recorded in config.json): pass "

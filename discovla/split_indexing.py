@@ -37,7 +37,7 @@ from discovla.batching import batches
 from discovla.engines import EngineParams
 from discovla.errors import DiscoVLAError
 from discovla.io import atomic_path, read_json, write_json
-from discovla.retriever import Retriever, adapters_config, adapters_identity
+from discovla.retriever import Retriever, adapters_config, adapters_identity, resolve_pretrained
 
 
 def dataset_video_paths(dataset: str, root: str | Path) -> dict[str, str]:
@@ -70,7 +70,7 @@ class _EmbedParts:
     ) -> None:
         self.retriever = Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)
         self.features = load_features(features_dir)
-        write_json(Path(parts_dir) / MODEL_META, self.retriever.index_meta())
+        self.meta = Path(parts_dir) / MODEL_META
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
         (vids,), (per_batch,), (out,) = (batch[k] for k in ("vids", "per_batch", "part"))
@@ -78,6 +78,8 @@ class _EmbedParts:
         emb = [
             _embed_batch(self.retriever, self.features, vids[sl]) for sl in batches(len(vids), int(per_batch))
         ]
+        if not self.meta.is_file():  # before the part: a part on disk means model.json is there too
+            write_json(self.meta, self.retriever.index_meta())
         with atomic_path(str(out)) as tmp, open(tmp, "wb") as f:
             np.save(f, torch.cat(emb).cpu().numpy(), allow_pickle=False)
         return {"videos": [len(vids)]}
@@ -256,7 +258,8 @@ def build_split_index(
     """Index the ``split`` videos of the feature cache ``features_dir`` with the model of ``adapters_dir``
     (or ``retriever``, already loaded) into ``out``; ``paths``: ``video_id -> file`` shown by search.
     ``engine.index == "ray"``: embedded on Ray (:func:`embed_split_ray`, parts under ``work_dir``; the
-    model is loaded by the actors only, its config checked here first)."""
+    model is loaded by the actors only, its config checked here first, so ``retriever`` and ``device`` are
+    not used: the actors' device is ``engine``'s)."""
     features = load_features(features_dir)
     source = {"features": str(features_dir)}
     if engine is not None and engine.index == "ray":
@@ -270,6 +273,9 @@ def build_split_index(
         emb, meta = embed_split_ray(
             features_dir, adapters_dir, vids, per_batch, zeroshot=zeroshot, engine=engine, work_dir=work_dir
         )
+        # the actors saw absolute paths: the index records them as given here, as the local engine does
+        meta["model"] = {**meta["model"], **adapters_identity(adapters_dir, zeroshot)}
+        meta["pretrained"] = resolve_pretrained(cfg.get("pretrained"), Path(adapters_dir))
         index = _split_index(meta, features, split, vids, emb, paths, source)
     else:
         retriever = retriever or Retriever.load(adapters_dir, device=device, zeroshot=zeroshot)

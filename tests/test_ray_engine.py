@@ -213,13 +213,22 @@ def test_captions_ray_writes_the_local_table_and_resumes(
 
 
 def test_index_ray_writes_the_local_index(ray_cluster: str, tmp_path: Path, monkeypatch) -> None:
-    """Same index, meta included; the driver loads no model (the actors, in their own processes, do)."""
+    """Same index, meta included, from relative paths as the stage passes them (the actors see absolute
+    ones); the driver loads no model (the actors, in their own processes, do)."""
     from discovla.retriever import Retriever
 
     features = synthetic_features(n_train=16, n_test=10, frames=4, size=32)
-    adapters = train_adapters(tmp_path, features)
-    cache = write_features(features, tmp_path / "features")
+    train_adapters(tmp_path, features)
+    write_features(features, tmp_path / "features")
+    monkeypatch.chdir(tmp_path)
+    adapters, cache = Path("models/discovla"), Path("features")
+    config = json.loads((adapters / "config.json").read_text())  # the base weights as a relative path
+    config["pretrained"] = str(Path(config["pretrained"]).relative_to(tmp_path))
+    (adapters / "config.json").write_text(json.dumps(config))
     local = build_split_index(cache, adapters, "test", tmp_path / "local", batch_size=8, device="cpu")
+    assert local.meta["model"]["adapters"] == "models/discovla" and local.meta["pretrained"].startswith(
+        "clip/"
+    )
 
     def no_model_here(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the driver loaded the model")
