@@ -4,12 +4,13 @@
 
 For each index served (the given one, e.g. the pipeline's 500 test videos, then synthetic ones of
 ``--videos`` random unit vectors at the model's width under the same model: exact, and with ``--ann ivf``),
-in a fresh ``discovla serve`` process (one torch/FAISS thread): ``start_to_first_answer_s`` is from
-spawning the process to the first 200 answer of ``GET /api/search`` (interpreter, imports, model and index
-load, the first query); then ``--requests`` sequential ``GET /api/search?q=...&k=10`` on one keep-alive
-connection after ``--warmup`` untimed ones: client-side wall p50/p95 and the server's own ``took_ms`` (text
-encoding + search). ``oneshot_search_s``: one ``discovla search QUERY --index ...`` from the shell, for
-comparison. Results: ``benchmarks/results/serve_latency.json``.
+in a fresh ``discovla serve`` process (``--threads`` torch/FAISS threads, default one):
+``start_to_first_answer_s`` is from spawning the process to the first 200 answer of ``GET /api/search``
+(interpreter, imports, model and index load, the first query); then ``--requests`` sequential
+``GET /api/search?q=...&k=10`` on one keep-alive connection after ``--warmup`` untimed ones: client-side
+wall p50/p95 and the server's own ``took_ms`` (text encoding + search). ``oneshot_search_s``: one
+``discovla search QUERY --index ...`` from the shell, for comparison. Results:
+``benchmarks/results/serve_latency.json``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import typer
 
 from discovla.ann import AnnParams, build_ann
 from discovla.artifacts.index import VideoIndex, read_index, write_index
-from discovla.retriever import adapters_identity
+from discovla.io import write_json
+from discovla.retriever import Retriever
 
 QUERIES = [
     "a red circle slides to the left",
@@ -58,19 +60,24 @@ def _pct(times: list[float]) -> dict[str, float]:
     }
 
 
-def _env() -> dict[str, str]:
+def _env(threads: int) -> dict[str, str]:
     repo = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONPATH": path,
+    }
 
 
-def bench_server(index: Path, adapters: str, requests: int, warmup: int) -> dict[str, Any]:
+def bench_server(index: Path, adapters: str, requests: int, warmup: int, threads: int = 1) -> dict[str, Any]:
     """Start ``discovla serve`` on ``index``, time the first answer, then ``requests`` requests."""
     port = _port()
     cmd = [sys.executable, "-m", "discovla.cli", "serve", "--index", str(index), "--adapters", adapters]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--device", "cpu"], env=_env(), stderr=subprocess.PIPE
+        [*cmd, "--port", str(port), "--device", "cpu"], env=_env(threads), stderr=subprocess.PIPE
     )
     url = f"http://127.0.0.1:{port}/api/search"
     try:
@@ -111,11 +118,12 @@ def bench_server(index: Path, adapters: str, requests: int, warmup: int) -> dict
     }
 
 
-def synthetic_index(n: int, dim: int, ann: str | None, adapters: str) -> VideoIndex:
-    """``n`` random unit vectors of width ``dim``, recorded as made by ``adapters``."""
+def synthetic_index(n: int, dim: int, ann: str | None, identity: dict[str, Any]) -> VideoIndex:
+    """``n`` random unit vectors of width ``dim``, recorded as made by the model of ``identity``
+    (:attr:`discovla.retriever.Retriever.identity`: adapters and frozen weights)."""
     g = torch.Generator().manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
-    meta = {"model": adapters_identity(adapters, False), "source": {"kind": "synthetic"}}
+    meta = {"model": dict(identity), "source": {"kind": "synthetic"}}
     index = VideoIndex([f"video{i:07d}" for i in range(n)], [""] * n, emb, meta)
     if ann:
         index.ann = build_ann(emb, AnnParams(kind=ann), meta["model"])
@@ -129,6 +137,7 @@ def main(
     requests: int = typer.Option(200, help="Timed requests per server."),
     warmup: int = typer.Option(10, help="Untimed requests first."),
     out: str = typer.Option("benchmarks/results/serve_latency.json", help="Results JSON."),
+    threads: int = typer.Option(1, help="torch/FAISS threads per server (OMP_NUM_THREADS)."),
     vit_work: str | None = typer.Option(
         None,
         help="Also serve the synthetic indexes at width 512 with ViT-B/16 (random weights and untrained "
@@ -137,7 +146,9 @@ def main(
 ) -> None:
     result: dict[str, Any] = {
         "adapters": adapters,
-        "device": f"cpu, 1 thread per server, {platform.machine()}, 2 cores shared with a training job",
+        "device": f"cpu, {threads} thread(s) per server, {platform.machine()}, {os.cpu_count()} cores",
+        "threads": threads,
+        "load_avg_before": [round(x, 2) for x in os.getloadavg()],  # other work on the machine
         "servers": {},
     }
     t0 = time.perf_counter()
@@ -152,9 +163,11 @@ def main(
         "--adapters",
         adapters,
     ]
-    subprocess.run([*cmd, "--device", "cpu"], env=_env(), check=True, capture_output=True)
+    subprocess.run([*cmd, "--device", "cpu"], env=_env(threads), check=True, capture_output=True)
     result["oneshot_search_s"] = round(time.perf_counter() - t0, 2)
-    result["servers"][f"{Path(index).name} (exact)"] = bench_server(Path(index), adapters, requests, warmup)
+    result["servers"][f"{Path(index).name} (exact)"] = bench_server(
+        Path(index), adapters, requests, warmup, threads
+    )
     print(json.dumps(result, indent=2), flush=True)
     models = [(adapters, read_index(Path(index), ann=False).dim, "")]
     if vit_work:
@@ -164,15 +177,16 @@ def main(
         models.append((str(make_model(Path(vit_work), 12)), 512, ", ViT-B/16"))
     with tempfile.TemporaryDirectory() as tmp:
         for model, dim, label in models:
+            identity = Retriever.load(model, device="cpu").identity  # what the server checks indexes against
             for n in videos:
                 for ann in (None, "ivf"):
                     path = Path(tmp) / f"synthetic-{n}-{dim}-{ann or 'exact'}"
-                    write_index(path, synthetic_index(n, dim, ann, model))
+                    write_index(path, synthetic_index(n, dim, ann, identity))
                     name = f"synthetic {n} x {dim} ({ann or 'exact'}{label})"
-                    result["servers"][name] = bench_server(path, model, requests, warmup)
+                    result["servers"][name] = bench_server(path, model, requests, warmup, threads)
                     print(json.dumps(result["servers"], indent=2), flush=True)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    write_json(out, result)
     print(json.dumps(result, indent=2))
 
 
