@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from discovla import locations
 from discovla.artifacts.frames import (
     FORMAT_VERSION,
     FRAMES_SCHEMA,
@@ -88,11 +89,10 @@ def _work_key(videos: pd.DataFrame, num_frames: int, size: int, max_fps: float |
     items = []
     for vid, path in zip(videos.video_id, videos.path, strict=True):
         try:
-            st = os.stat(path)
-            stamp = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stamp = None
-        items.append([vid, path, stamp])
+            found = locations.stat(path)
+        except locations.LocationError:
+            found = None  # unreachable now: sampled (and skipped with the reason) like a missing file
+        items.append([vid, path, list(found) if found else None])
     blob = json.dumps([_ALGO_VERSION, FORMAT_VERSION, num_frames, size, max_fps, batch, items]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -292,7 +292,7 @@ def extract_frames(
                     "part": str(part_paths[b].resolve()),
                     "video_id": batches[b].video_id.tolist(),
                     "path": batches[b].path.tolist(),
-                    "open": [os.path.abspath(p) for p in batches[b].path],
+                    "open": [p if locations.is_uri(p) else os.path.abspath(p) for p in batches[b].path],
                     "split": batches[b].split.tolist(),
                 }
                 for b in todo

@@ -47,6 +47,7 @@ import av.logging
 import av.video.reformatter
 import numpy as np
 
+from discovla import locations
 from discovla.timeline import Plan, SampledVideo, VideoError, choose_frames, plan
 
 __all__ = ["SampledVideo", "VideoError", "choose_frames", "sample_frames", "to_rgb"]
@@ -96,7 +97,7 @@ def _message(logs: list[tuple[int, str, str]], exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc).split(":", 1)[0]
 
 
-def _open(src: str, logs: list[tuple[int, str, str]]) -> tuple[Any, Any]:
+def _open(src: Any, logs: list[tuple[int, str, str]]) -> tuple[Any, Any]:
     """The container and its first video stream that is not an attached picture (``logs``: the messages
     captured so far, for the reason)."""
     try:
@@ -205,6 +206,9 @@ def sample_frames(
 ) -> SampledVideo:
     """Sample ``num_frames`` frames uniformly over the duration of ``path``, as ``size x size`` RGB.
 
+    ``path``: a local file or a URI of one of pyarrow's filesystems (``s3://...``; :mod:`discovla.locations`),
+    decoded in place.
+
     Shorter side scaled to ``size`` (bicubic), then centre-cropped. ``max_fps`` pre-thins long clips (see
     :mod:`discovla.timeline`); ``threads`` is the decoder's thread count (1 when workers run in parallel);
     ``timeout`` (seconds) bounds the whole sampling. Raises :class:`VideoError` for anything that cannot
@@ -214,20 +218,24 @@ def sample_frames(
         raise ValueError(f"num_frames and size must be >= 1, got {num_frames} and {size}")
     if max_fps is not None and max_fps <= 0:
         raise ValueError(f"max_fps must be > 0, got {max_fps}")
-    p = Path(path)
-    if not p.is_file():
+    try:
+        found = locations.stat(path)  # a local path, or a URI of one of pyarrow's filesystems
+    except locations.LocationError as exc:
+        raise VideoError(f"unreadable file: {exc}") from None
+    if found is None:
         raise VideoError("missing file")
-    if p.stat().st_size == 0:
+    if found[0] == 0:
         raise VideoError("empty file")
-    if not os.access(p, os.R_OK):
+    if not locations.is_uri(path) and not os.access(path, os.R_OK):
         raise VideoError("unreadable file")
     deadline = time.monotonic() + timeout
     try:
-        with _quiet_libraries(), av.logging.Capture(local=True) as logs:
-            # "file:" so that a name with a colon is never taken for a protocol
-            container, stream = _open(f"file:{p.absolute()}", logs)
+        with _quiet_libraries(), av.logging.Capture(local=True) as logs, locations.open_video(path) as src:
+            container, stream = _open(src, logs)
             with container:
                 return _sample(container, stream, num_frames, size, max_fps, threads, deadline)
+    except locations.LocationError as exc:
+        raise VideoError(f"unreadable file: {exc}") from None
     except (av.error.FFmpegError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise VideoError(f"ffmpeg failed: {detail}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from discovla import locations
 from discovla.data import SPLITS
 from discovla.data.registry import load_dataset
 
@@ -16,7 +17,7 @@ def check_dataset(name: str, root: str | Path, examples: int = 3) -> dict[str, A
     with up to ``examples`` of each. Raises :class:`~discovla.data.DatasetError` when the dataset
     cannot be read at all."""
     ds = load_dataset(name, root)
-    exists = ds.videos.path.map(lambda p: Path(p).is_file())
+    exists = ds.videos.path.map(locations.exists)  # local files, or objects behind a pyarrow URI
     words = ds.captions.caption.str.split().str.len()
     splits = {}
     for split in SPLITS:

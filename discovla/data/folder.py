@@ -4,6 +4,10 @@
 has one row per caption, and a caption that is empty or only whitespace is an error naming its row. A
 video id listed in the CSV whose file is missing is kept (the frames stage records it as skipped, with
 the reason), so that nothing is silently dropped.
+
+An optional column ``path`` says where a video is instead: a path relative to the root, an absolute one,
+or a URI of one of pyarrow's filesystems (``s3://bucket/videos/v1.mp4``, :mod:`discovla.locations`), which
+the frames stage reads in place; one location per video.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pandas as pd
 from discovla.data import SPLITS, DatasetError, VideoDataset, check_captions
 from discovla.data.files import VIDEO_EXTS
 from discovla.data.info import DatasetInfo
+from discovla.locations import is_uri
 
 FOLDER = DatasetInfo(
     summary="Your own videos: videos/<video_id>.<ext> plus captions.csv (video_id, caption, split)",
@@ -40,6 +45,19 @@ def _find_video(videos_dir: Path, video_id: str, index: dict[str, Path]) -> Path
     return index.get(video_id, videos_dir / f"{video_id}.mp4")
 
 
+def _listed_paths(df: pd.DataFrame, root: Path, csv: Path) -> list[str]:
+    """Each video's ``path`` column (one per video, none empty): URIs as given, relative paths under
+    ``root``."""
+    empty = df.path.str.strip() == ""
+    if empty.any():
+        raise DatasetError(f"{csv}: row {int(empty.idxmax()) + 2} has an empty path")
+    paths = df.groupby("video_id", sort=False).path.unique()
+    several = paths[paths.map(len) > 1]
+    if len(several):
+        raise DatasetError(f"{csv}: video {several.index[0]!r} has several paths")
+    return [p if is_uri(p) else str(root / p) for p in paths.map(lambda ps: ps[0])]
+
+
 def read_folder(root: Path, name: str = "folder") -> VideoDataset:
     root = Path(root)
     csv = root / "captions.csv"
@@ -47,7 +65,8 @@ def read_folder(root: Path, name: str = "folder") -> VideoDataset:
         raise DatasetError(
             f"{csv} not found: a folder dataset needs videos/ and captions.csv (video_id, caption, split)"
         )
-    df = pd.read_csv(csv, dtype={"video_id": str, "caption": str, "split": str}, keep_default_na=False)
+    dtypes = {"video_id": str, "caption": str, "split": str, "path": str}
+    df = pd.read_csv(csv, dtype=dtypes, keep_default_na=False)
     missing = {"video_id", "caption", "split"} - set(df.columns)
     if missing:
         raise DatasetError(f"{csv}: missing column(s) {', '.join(sorted(missing))}")
@@ -65,7 +84,10 @@ def read_folder(root: Path, name: str = "folder") -> VideoDataset:
             if p.suffix.lower() in VIDEO_EXTS:
                 index.setdefault(p.stem, p)
     videos = df.drop_duplicates("video_id")[["video_id", "split"]].reset_index(drop=True)
-    videos.insert(1, "path", [str(_find_video(videos_dir, v, index)) for v in videos.video_id])
+    if "path" in df.columns:
+        videos.insert(1, "path", _listed_paths(df, root, csv))
+    else:
+        videos.insert(1, "path", [str(_find_video(videos_dir, v, index)) for v in videos.video_id])
     captions = df[["video_id", "caption", "split"]].reset_index(drop=True)
     captions.insert(0, "caption_id", range(len(captions)))
     return VideoDataset(name, root, videos, captions)
