@@ -86,13 +86,14 @@ def _sample_part(part: dict[str, Any], **params: Any) -> dict[str, int]:
 
 def _work_key(videos: pd.DataFrame, num_frames: int, size: int, max_fps: float | None, batch: int) -> str:
     """Hash of everything a part file depends on: the video list (with file size and mtime), the params."""
-    items = []
-    for vid, path in zip(videos.video_id, videos.path, strict=True):
-        try:
-            found = locations.stat(path)
-        except locations.LocationError:
-            found = None  # unreachable now: sampled (and skipped with the reason) like a missing file
-        items.append([vid, path, list(found) if found else None])
+    try:
+        found = locations.stat_many(list(videos.path))
+    except locations.LocationError:
+        found = [None] * len(videos)  # a store unreachable now: sampled (and skipped with the reason)
+    items = [
+        [vid, path, list(f) if f else None]
+        for vid, path, f in zip(videos.video_id, videos.path, found, strict=True)
+    ]
     blob = json.dumps([_ALGO_VERSION, FORMAT_VERSION, num_frames, size, max_fps, batch, items]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,37 @@ def stat(path: str | Path) -> tuple[int, int] | None:
     if info.type != pafs.FileType.File:
         return None
     return int(info.size or 0), int(info.mtime_ns or 0)
+
+
+def stat_many(paths: Sequence[str | Path]) -> list[tuple[int, int] | None]:
+    """:func:`stat` of every path, in order. URIs are listed a folder at a time (one LIST request per
+    1,000 objects on S3, where one HEAD per video would take hours at 10M clips); a folder that cannot be
+    listed is asked file by file. Raises :class:`LocationError` like :func:`stat`."""
+    import pyarrow.fs as pafs
+
+    out: list[tuple[int, int] | None] = [None] * len(paths)
+    folders: dict[str, list[tuple[int, str]]] = {}
+    for i, path in enumerate(paths):
+        if not is_uri(path):
+            out[i] = stat(path)
+            continue
+        base, sep, query = str(path).partition("?")
+        folder, _, name = base.rpartition("/")
+        folders.setdefault(folder + "/" + sep + query, []).append((i, name))
+    for folder, items in folders.items():
+        fs, inner = _resolve(folder)
+        try:
+            listed = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+        except OSError:  # e.g. listing not allowed: one request per file
+            for i, name in items:
+                base, sep, query = folder.partition("?")
+                out[i] = stat(base + name + sep + query)
+            continue
+        files = {info.base_name: info for info in listed if info.type == pafs.FileType.File}
+        for i, name in items:
+            info = files.get(name)
+            out[i] = (int(info.size or 0), int(info.mtime_ns or 0)) if info is not None else None
+    return out
 
 
 def exists(path: str | Path) -> bool:

@@ -120,3 +120,26 @@ def test_bad_locations_are_clear(tmp_path: Path) -> None:
     df.assign(path="").to_csv(bad / "captions.csv", index=False)
     with pytest.raises(DatasetError, match="row 2 has an empty path"):
         load_dataset("folder", bad)
+
+
+def test_many_objects_are_listed_a_folder_at_a_time(s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stat_many asks the store once per folder (a LIST), not once per video (a HEAD each), and says what
+    stat says of every path, missing ones included."""
+    uris = [f"s3://videos/clips/{v}.mp4{s3}" for v in [*GOOD, "gone"]]
+    calls = []
+    resolve = locations._resolve
+
+    class Counting:
+        def __init__(self, fs: object) -> None:
+            self.fs = fs
+
+        def get_file_info(self, what: object) -> object:
+            calls.append(type(what).__name__)
+            return self.fs.get_file_info(what)
+
+    monkeypatch.setattr(locations, "_resolve", lambda uri: (Counting(resolve(uri)[0]), resolve(uri)[1]))
+    found = locations.stat_many(uris)
+    assert calls == ["FileSelector"]  # one listing for the five videos
+    monkeypatch.setattr(locations, "_resolve", resolve)
+    assert found == [locations.stat(u) for u in uris]
+    assert found[-1] is None and all(f is not None and f[0] > 0 for f in found[:-1])

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from discovla import locations
-from discovla.data import SPLITS
+from discovla.data import SPLITS, DatasetError
 from discovla.data.registry import load_dataset
 
 
@@ -17,7 +19,11 @@ def check_dataset(name: str, root: str | Path, examples: int = 3) -> dict[str, A
     with up to ``examples`` of each. Raises :class:`~discovla.data.DatasetError` when the dataset
     cannot be read at all."""
     ds = load_dataset(name, root)
-    exists = ds.videos.path.map(locations.exists)  # local files, or objects behind a pyarrow URI
+    try:  # local files, or objects behind a pyarrow URI (listed a folder at a time)
+        found = locations.stat_many(list(ds.videos.path))
+    except locations.LocationError as exc:
+        raise DatasetError(f"cannot reach the videos: {exc}") from None
+    exists = pd.Series([f is not None for f in found], index=ds.videos.index)
     words = ds.captions.caption.str.split().str.len()
     splits = {}
     for split in SPLITS:
