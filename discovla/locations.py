@@ -92,18 +92,12 @@ def stat_many(paths: Sequence[str | Path]) -> list[tuple[int, int] | None]:
     return out
 
 
-def exists(path: str | Path) -> bool:
-    """Whether ``path`` names a file (a store that cannot be reached counts as not)."""
-    try:
-        return stat(path) is not None
-    except LocationError:
-        return False
-
-
 @contextlib.contextmanager
 def open_video(path: str | Path) -> Iterator[Any]:
     """What ``av.open`` takes for ``path``: ``file:<absolute path>`` for a local file (so that a name with a
-    colon is never taken for a protocol), or pyarrow's random-access file for a URI (closed on exit)."""
+    colon is never taken for a protocol), or pyarrow's random-access file for a URI (closed on exit).
+    Opening asks an object store for the size again (pyarrow's ``open_input_file`` takes a path only), so
+    a sampled object costs two metadata requests, :func:`stat`'s and this one: small next to decoding."""
     if not is_uri(path):
         yield f"file:{Path(path).absolute()}"
         return

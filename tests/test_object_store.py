@@ -107,7 +107,8 @@ def test_file_uris_and_relative_paths(local_root: Path, tmp_path: Path) -> None:
 def test_bad_locations_are_clear(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match="unreadable file: nosuch://x/y.mp4"):
         sample_frames("nosuch://x/y.mp4", F, SIZE)  # no pyarrow filesystem for that scheme
-    assert not locations.exists("nosuch://x/y.mp4")
+    with pytest.raises(locations.LocationError, match="nosuch://x/y.mp4"):
+        locations.stat("nosuch://x/y.mp4")
     assert locations.stat(tmp_path) is None and not locations.is_uri(str(tmp_path))
     with pytest.raises(VideoError, match="missing file"):
         sample_frames((tmp_path / "none.mp4").as_uri(), F, SIZE)
