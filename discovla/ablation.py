@@ -18,7 +18,12 @@ beta:
 
 - ``order_module``: full DiscoVLA + the temporal module over frame features (frame positions);
 - ``order``: the same + time-reversed copies of each video as negatives for its captions (L_order, weight
-  10: at weight 1 the order term stays at chance within the 500 steps of this recipe).
+  10: at weight 1 the order term stays at chance within the 500 steps of this recipe);
+- ``order_tokens``: ``order`` + frame positions on the keys of IVFusion's video-level attention
+  (``fusion.temporal_position``), so the copies are encoded again from their permuted pixels.
+
+Any row with ``@eN`` appended trains N epochs instead of ``train.epochs`` (``order@e8``, ``beta=0.25@e8``):
+a longer schedule for one row, beside the same row at the table's length, in one table.
 
 The same rows run on the shapes world with static captions (``shapes.captions: static``: what a still
 shows, no motion or order) through :func:`static_world_features`: the same videos, frames and pseudo
@@ -30,6 +35,7 @@ Markdown table (``metrics/ablation.md``) that the README quotes.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Iterable
@@ -65,7 +71,14 @@ OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 def _overrides(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A named row, or ``beta=X``: full DiscoVLA with ``fusion.beta`` X (a point of the beta sweep)."""
+    """A named row, or ``beta=X``: full DiscoVLA with ``fusion.beta`` X (a point of the beta sweep); either
+    with ``@eN`` appended trains N epochs instead of ``train.epochs`` (``order@e8``, ``beta=0.25@e8``)."""
+    base, at, length = variant.partition("@")
+    if at:
+        if not re.fullmatch(r"e[1-9][0-9]*", length):
+            raise ValueError(f"unknown variant {variant!r}: after @ comes eN, N epochs (order@e8)")
+        train_over, model_over = _overrides(base)
+        return {**train_over, "epochs": int(length[1:])}, model_over
     if variant in OVERRIDES:
         return OVERRIDES[variant]
     if variant.startswith("beta="):
@@ -73,7 +86,10 @@ def _overrides(variant: str) -> tuple[dict[str, Any], dict[str, Any]]:
             return {"beta": float(variant[5:])}, {"fusion": True}
         except ValueError:
             pass
-    raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)}, or beta=X)")
+    raise ValueError(
+        f"unknown variant {variant!r} (one of {', '.join(VARIANTS + ORDER_VARIANTS)}, or beta=X; "
+        "either with @eN for N epochs)"
+    )
 
 
 def variant_config(params: Params, variant: str, seed: int, num_frames: int) -> Any:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from discovla.ablation import run_ablation, run_one, variant_config
-from discovla.artifacts.ablation import diagnostics_table, markdown_table
+from discovla.artifacts.ablation import diagnostics_table, label, markdown_table, run_record_path
 from discovla.config import params_from_dict
 
 PARAMS = params_from_dict(
@@ -47,6 +48,20 @@ def test_rows_train_only_what_can_receive_a_gradient() -> None:
     assert variant_config(PARAMS, "full_mean", 1, 4).distill_scale == "mean"
     with pytest.raises(ValueError, match="unknown variant"):
         variant_config(PARAMS, "beta=abc", 1, 4)
+
+
+def test_a_row_can_train_longer_than_the_params(tmp_path: Path) -> None:
+    base, longer = variant_config(PARAMS, "order", 1, 4), variant_config(PARAMS, "order@e3", 1, 4)
+    assert base.epochs == PARAMS.train.epochs == 1 and longer.epochs == 3
+    assert dataclasses.replace(longer, epochs=1) == base  # nothing else of the row changes
+    beta = variant_config(PARAMS, "beta=0.1@e2", 1, 4)
+    assert beta.beta == 0.1 and beta.epochs == 2
+    assert label("order@e8") == label("order") + ", 8 epochs"
+    assert label("beta=0.25@e8") == "Full DiscoVLA, beta = 0.25, 8 epochs"
+    assert run_record_path(tmp_path, "beta=0.25@e8", 2).name == "beta0.25_e8-seed2.json"
+    for bad in ("order@8", "order@e0", "order@e", "order@e2x", "nope@e2"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            variant_config(PARAMS, bad, 1, 4)
 
 
 def test_tables_have_a_row_per_variant_and_epoch(features, tiny_clip_factory, tmp_path: Path) -> None:

@@ -28,7 +28,10 @@ LABELS = {
 
 
 def label(variant: str) -> str:
-    """The table heading of a variant (a named row, or ``beta=X`` of the beta sweep)."""
+    """The table heading of a variant (a named row, or ``beta=X`` of the beta sweep; ``@eN``: N epochs)."""
+    base, at, length = variant.partition("@")
+    if at:
+        return f"{label(base)}, {length[1:]} epochs"
     return LABELS.get(variant) or f"Full DiscoVLA, beta = {variant[5:]}"
 
 
@@ -102,8 +105,9 @@ def runs_dir(json_path: str | Path) -> Path:
 
 
 def run_record_path(root: str | Path, variant: str, seed: int) -> Path:
-    """The record of one (variant, seed): ``<root>/<variant>-seed<seed>.json`` (``beta=0.3``: ``beta0.3``)."""
-    return Path(root) / f"{variant.replace('=', '')}-seed{seed}.json"
+    """The record of one (variant, seed): ``<root>/<variant>-seed<seed>.json`` (``beta=0.3``: ``beta0.3``,
+    ``order@e8``: ``order_e8``)."""
+    return Path(root) / f"{variant.replace('=', '').replace('@', '_')}-seed{seed}.json"
 
 
 def read_run_record(path: str | Path, checkpoint_key: str) -> dict[str, Any] | None:
