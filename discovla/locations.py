@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat as stat_module
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,10 @@ def stat(path: str | Path) -> tuple[int, int] | None:
     directory). Raises :class:`LocationError` when a URI's store cannot be reached."""
     if not is_uri(path):
         try:
-            st = os.stat(path)
+            st = os.stat(path)  # one metadata call per video: this runs for every video of a dataset
         except OSError:
             return None
-        return (st.st_size, st.st_mtime_ns) if Path(path).is_file() else None
+        return (st.st_size, st.st_mtime_ns) if stat_module.S_ISREG(st.st_mode) else None
     import pyarrow.fs as pafs
 
     fs, inner = _resolve(str(path))
@@ -81,8 +82,8 @@ def stat_many(paths: Sequence[str | Path]) -> list[tuple[int, int] | None]:
         try:
             listed = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
         except OSError:  # e.g. listing not allowed: one request per file
+            base, sep, query = folder.partition("?")
             for i, name in items:
-                base, sep, query = folder.partition("?")
                 out[i] = stat(base + name + sep + query)
             continue
         files = {info.base_name: info for info in listed if info.type == pafs.FileType.File}
