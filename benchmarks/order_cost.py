@@ -1,11 +1,14 @@
 """Benchmark: what the order-aware extension costs per training step, DiscoVLA and order-aware interleaved.
 
     python benchmarks/order_cost.py                       # tiny CLIP, batch 32 x 8 frames, 3 rounds
+    python benchmarks/order_cost.py --variant trend --out benchmarks/results/order_cost_trend.json
 
 ``benchmarks/train_step.py`` times its configurations one after another, so a slow minute of a shared
 machine lands on one of them. Here the two configurations alternate, ``--rounds`` times each (the order of
 the pair flips every round), with :func:`train_step.measure_step`: full DiscoVLA, and the same with
-``temporal.module`` and L_order over a reversed and a shuffled copy of every video. Reported: each
+``temporal.module`` and L_order over a reversed and a shuffled copy of every video (``--variant module``),
+or with time-trend pooling (``temporal.trends: 1``) and L_order over the reversed copy (``--variant
+trend``, the ``order_trend`` ablation rows). Reported: each
 round's s/step, the medians and their ratio. Writes ``benchmarks/results/order_cost.json``.
 """
 
@@ -34,13 +37,21 @@ def main(
     steps: int = typer.Option(8, help="Timed steps per configuration and round."),
     warmup: int = typer.Option(2, help="Untimed steps first."),
     out: Path = typer.Option(Path("benchmarks/results/order_cost.json"), help="Results JSON."),
+    variant: str = typer.Option(
+        "module",
+        help="module: temporal module + L_order (reversed, shuffled); "
+        "trend: time-trend pooling + L_order (reversed).",
+    ),
 ) -> None:
     """Time DiscoVLA and order-aware DiscoVLA steps, interleaved, and write the medians."""
+    if variant not in ("module", "trend"):
+        raise typer.BadParameter(f"--variant must be module or trend, got {variant!r}")
+    extension = {"order": True} if variant == "module" else {"trends": 1}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs: dict[str, list[float]] = {"discovla": [], "order_aware": []}
     for r in range(rounds):
-        pair = [("discovla", False), ("order_aware", True)]
-        for name, order in pair if r % 2 == 0 else pair[::-1]:
+        pair = [("discovla", {}), ("order_aware", extension)]
+        for name, ext in pair if r % 2 == 0 else pair[::-1]:
             m = measure_step(
                 backbone=backbone,
                 batch=batch,
@@ -49,7 +60,7 @@ def main(
                 steps=steps,
                 warmup=warmup,
                 fusion=True,
-                order=order,
+                **ext,
             )
             runs[name].append(round(m["s_per_step"], 4))
             print(f"round {r + 1}: {name} {m['s_per_step']:.4f} s/step", file=sys.stderr, flush=True)
@@ -61,6 +72,7 @@ def main(
             "device": device_name(device),
             "load_avg": [round(x, 2) for x in os.getloadavg()],
             "backbone": backbone,
+            "variant": variant,
             "batch": batch,
             "frames": frames,
             "steps": steps,

@@ -66,6 +66,7 @@ def measure_step(
     precision: str = "auto",
     fusion: bool = True,
     order: bool = False,
+    trends: int = 0,
 ) -> dict[str, Any]:
     """Time ``steps`` DiscoVLA training steps (after ``warmup``) on a random ``backbone`` and random inputs.
 
@@ -80,6 +81,8 @@ def measure_step(
         fusion: full DiscoVLA (IVFusion + pseudo captions, alpha 0.3, beta 1) or LoRA only (video loss).
         order: the order-aware extension on top (``temporal.module`` with the params' width and layers, and
             L_order with the reversed and a shuffled copy of every video, ``temporal.shuffled``).
+        trends: time-trend pooling (``temporal.trends``) and L_order (with the reversed copy only, unless
+            ``order`` adds the shuffled one).
     Returns:
         ``s_per_step`` (median), ``first_step_s`` (includes compilation), ``peak_mem_gib`` (CUDA, else None),
         ``model_flops`` / ``hardware_flops`` per step (:func:`discovla.flops.step_flops`; hardware FLOPs
@@ -100,6 +103,7 @@ def measure_step(
         "precision": "bf16" if bf16 else "fp32",
         "fusion": fusion,
         "order": order,
+        "trends": trends,
         "activation_checkpointing": activation_checkpointing,
         "compile": compile,
         "steps": steps,
@@ -119,6 +123,7 @@ def measure_step(
                 bf16,
                 fusion,
                 order,
+                trends,
             )
         )
         result["oom"] = False
@@ -150,10 +155,12 @@ def _measure(
     bf16: bool,
     fusion: bool,
     order: bool = False,
+    trends: int = 0,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     bb = load_backbone(backbone, None, device=device, context_length=CONTEXT)
-    cfg = DiscoVLAConfig(fusion=fusion, num_frames=frames, temporal_module=order)
+    cfg = DiscoVLAConfig(fusion=fusion, num_frames=frames, temporal_module=order, temporal_trends=trends)
+    l_order = order or trends > 0
     model = DiscoVLA(bb.model, cfg).to(device).train()
     model.set_activation_checkpointing(checkpointing)
     cuda = device.type == "cuda"
@@ -165,7 +172,7 @@ def _measure(
     tokens[:, EOT_AT + 1 :] = 0
     pseudo = tokens[:, None].expand(batch, frames, CONTEXT).contiguous()
     scale = model.logit_scale
-    perms = order_perms(0, True, 0, frames) if order else []
+    perms = order_perms(0, order, 0, frames) if l_order else []
     alpha, beta = (0.3, 1.0) if fusion else (0.0, 0.0)
 
     def forward_loss(pixels: torch.Tensor, tokens: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
@@ -174,7 +181,7 @@ def _measure(
             t = model.encode_text(tokens)
             p = model.encode_pseudo(pseudo) if fusion else None
         f = f.float()
-        copies = order_copies(model, pixels, f, perms, Dist(), bf16) if order else None
+        copies = order_copies(model, pixels, f, perms, Dist(), bf16) if l_order else None
         terms = discovla_loss(
             t.float(),
             f,
@@ -182,9 +189,9 @@ def _measure(
             scale,
             alpha=alpha,
             beta=beta,
-            video_feats=model.video_features(f),
+            video=model.video_embedding(f),
             order_copies=copies,
-            order_weight=1.0 if order else 0.0,
+            order_weight=1.0 if l_order else 0.0,
         )
         return terms["loss"]
 

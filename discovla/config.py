@@ -107,6 +107,7 @@ class TemporalParams(_Section):
     module: bool = False
     width: int = Field(64, ge=8, le=4096)
     layers: int = Field(1, ge=1, le=12)
+    trends: int = Field(0, ge=0, le=8)
     order_weight: float = Field(0.0, ge=0.0, le=100.0)
     shuffled: bool = False
 

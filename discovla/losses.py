@@ -135,7 +135,7 @@ def discovla_loss(
     beta: float = 1.0,
     detach_teacher: bool = False,
     distill_scale: str = "reference",
-    video_feats: Tensor | None = None,
+    video: Tensor | None = None,
     order_copies: Tensor | None = None,
     order_weight: float = 0.0,
 ) -> dict[str, Tensor]:
@@ -146,8 +146,9 @@ def discovla_loss(
         frame_feats: ``[B, F, E]`` projected CLS features per frame (PImgAlign's frames).
         pseudo_feats: ``[B, F, E]`` projected EOT features of the pseudo captions, or None (then alpha and
             beta must be 0; ``img`` and ``distill`` are returned as 0).
-        video_feats: ``[B, F, E]`` the features the video embedding is pooled from (the temporal module's
-            output, :meth:`DiscoVLA.video_features`); None: ``frame_feats`` (the paper).
+        video: ``[B, E]`` normalised video embeddings (:meth:`DiscoVLA.video_embedding`: through the
+            temporal module and trend pooling when the model has them); None: the mean of ``frame_feats``
+            (:func:`video_embedding`, the paper).
         order_copies: ``[B, K, E]`` normalised embeddings of each video's time-reversed (or shuffled)
             copies; with them the terms gain ``order`` (:func:`order_loss`), weighted by ``order_weight``.
     Returns:
@@ -160,7 +161,7 @@ def discovla_loss(
             f"{tuple(text_feat.shape)} and {tuple(frame_feats.shape)}"
         )
     t = F.normalize(text_feat, dim=-1)
-    v = video_embedding(frame_feats if video_feats is None else video_feats)
+    v = video_embedding(frame_feats) if video is None else video
     s_video = t @ v.t()
     l_video = info_nce(s_video, logit_scale)
     order = {} if order_copies is None else {"order": order_loss(t, v, order_copies, logit_scale)}

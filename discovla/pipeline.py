@@ -26,6 +26,7 @@ def model_config(p: Params, num_frames: int) -> DiscoVLAConfig:
         temporal_module=p.temporal.module,
         temporal_width=p.temporal.width,
         temporal_layers=p.temporal.layers,
+        temporal_trends=p.temporal.trends,
     )
 
 

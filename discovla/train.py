@@ -61,6 +61,7 @@ from discovla.losses import discovla_loss
 from discovla.model import DiscoVLA, DiscoVLAConfig
 from discovla.order import order_copies, order_perms
 from discovla.provenance import source_digest, tensors_digest
+from discovla.runtime import resolve_device
 from discovla.schedule import fast_forward, warmup_cosine
 
 SAMPLINGS = ("pairs", "videos")
@@ -128,9 +129,18 @@ def epoch_plan(
     return order, chosen
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether training runs under bf16 autocast: ``bf16``, or ``auto`` on CUDA."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def run_key(cfg: TrainConfig, features: Features, clip: torch.nn.Module) -> str:
-    """The checkpoint key: config, input content, frozen weights and training code, hashed together."""
+    """The checkpoint key: config, input content, frozen weights and training code, hashed together. The
+    device and precision enter as resolved here (``auto`` is CUDA and bf16 on a GPU machine, CPU and fp32
+    elsewhere), so a run made on a GPU is never taken for one made on a CPU, or the other way round."""
     config = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_FIELDS}
+    device = resolve_device(cfg.device)
+    config.update(device=device.type, precision="bf16" if uses_bf16(cfg.precision, device) else "fp32")
     blob = json.dumps(
         {
             "cfg": config,
@@ -292,7 +302,7 @@ def _train_epochs(
     train_videos = features.split_videos("train")
     mean, std = features.meta["mean"], features.meta["std"]
     need_pseudo = cfg.alpha > 0 or cfg.beta > 0
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    use_bf16 = uses_bf16(cfg.precision, device)
     pin = device.type == "cuda"
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -349,7 +359,7 @@ def _train_epochs(
                 beta=cfg.beta,
                 detach_teacher=cfg.detach_teacher,
                 distill_scale=cfg.distill_scale,
-                video_feats=model.video_features(frame_feats),
+                video=model.video_embedding(frame_feats),
                 order_copies=copies,
                 order_weight=cfg.order_weight,
             )

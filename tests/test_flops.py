@@ -148,3 +148,5 @@ def test_benchmark_measure_step_on_cpu(capsys):
     assert runs[1]["hardware_flops"] > runs[1]["model_flops"]
     lora = module.measure_step("tiny-clip", 2, 2, "cpu", steps=1, warmup=0, fusion=False)
     assert lora["pseudo_len"] is None and lora["model_flops"] < runs[0]["model_flops"]
+    trend = module.measure_step("tiny-clip", 2, 2, "cpu", steps=1, warmup=0, trends=1)
+    assert trend["trends"] == 1 and trend["oom"] is False and trend["s_per_step"] > 0

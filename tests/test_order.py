@@ -68,12 +68,12 @@ def test_temporal_module_at_init_is_discovla_exactly():
         assert torch.equal(paper.video_embedding(fa), order.video_embedding(fb))
     la = discovla_loss(paper.encode_text(tokens), fa, paper.encode_pseudo(pseudo), 100.0)
     t, p = order.encode_text(tokens), order.encode_pseudo(pseudo)
-    lb = discovla_loss(t, fb, p, 100.0, video_feats=order.video_features(fb))
+    lb = discovla_loss(t, fb, p, 100.0, video=order.video_embedding(fb))
     assert torch.equal(la["loss"], lb["loss"])
     # the zero-initialised output layer gets a gradient: a step moves the model off the paper's
     copies = order_copies(order, px, fb, order_perms_for(4), _dist())
-    video = order.video_features(fb)
-    loss = discovla_loss(t, fb, p, 100.0, video_feats=video, order_copies=copies, order_weight=1.0)["loss"]
+    video = order.video_embedding(fb)
+    loss = discovla_loss(t, fb, p, 100.0, video=video, order_copies=copies, order_weight=1.0)["loss"]
     loss.backward()
     assert order.temporal.up.weight.grad.abs().sum() > 0
 
@@ -180,3 +180,56 @@ def test_states_order_words():
     assert states_order("first a dog barks")
     assert not states_order("a red circle slides to the left while a square stays put")
     assert not states_order("the athens marathon")  # words, not substrings ("then" inside "athens")
+
+
+TREND = replace(CFG, temporal_trends=1)
+
+
+def test_trend_basis_is_orthonormal_beside_the_mean_with_parity():
+    from discovla.model.temporal import trend_basis
+
+    p = trend_basis(8, 3)
+    assert p.shape == (3, 8)
+    assert torch.allclose(p @ p.t(), torch.eye(3), atol=1e-6)  # orthonormal
+    assert torch.allclose(p.sum(dim=1), torch.zeros(3), atol=1e-6)  # orthogonal to the mean
+    assert torch.allclose(p.flip(1), p * torch.tensor([[-1.0], [1.0], [-1.0]]), atol=1e-6)  # (-1)^k
+    assert torch.all(torch.diff(p[0]) > 0)  # the slope rises with time
+    with pytest.raises(ValueError, match="1..F-1"):
+        trend_basis(4, 4)
+
+
+@torch.no_grad()
+def test_trend_pooling_flips_the_slope_under_reversal():
+    from discovla.model.temporal import TrendPooling
+
+    pool = TrendPooling(6, 4, trends=1)
+    x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pool(x), F.normalize(F.normalize(x, dim=-1).mean(dim=1), dim=-1))  # zero start
+    pool.maps.normal_(generator=torch.Generator().manual_seed(1))
+    n = F.normalize(x, dim=-1)
+    slope = torch.einsum("f,bfe->be", pool.basis[0], n) @ pool.maps[0].t()
+    assert torch.allclose(pool(x), F.normalize(n.mean(dim=1) + slope, dim=-1), atol=1e-6)
+    assert torch.allclose(pool(x.flip(1)), F.normalize(n.mean(dim=1) - slope, dim=-1), atol=1e-6)
+
+
+def test_trend_pooling_at_init_is_discovla_exactly_and_learns_from_l_order():
+    px, tokens = _pixels(), make_tokens(3, 16, 100)
+    pseudo = make_tokens(12, 16, 100, seed=2).view(3, 4, 16)
+    paper, trend = _model(CFG), _model(TREND)
+    assert not trend.order_blind and paper.order_blind
+    for name, p in paper.named_parameters():
+        assert torch.equal(p, dict(trend.named_parameters())[name]), name
+    fa, fb = paper.encode_frames(px), trend.encode_frames(px)
+    assert torch.equal(paper.video_embedding(fa), trend.video_embedding(fb))
+    t, p = trend.encode_text(tokens), trend.encode_pseudo(pseudo)
+    la = discovla_loss(paper.encode_text(tokens), fa, paper.encode_pseudo(pseudo), 100.0)
+    lb = discovla_loss(t, fb, p, 100.0, video=trend.video_embedding(fb))
+    assert torch.equal(la["loss"], lb["loss"])
+    copies = order_copies(trend, px, fb, order_perms_for(4), _dist())
+    # at zero maps a reversal changes nothing (up to the order of the mean's float sum)
+    assert torch.allclose(copies[:, 0], trend.video_embedding(fb), atol=1e-6)
+    loss = discovla_loss(
+        t, fb, p, 100.0, video=trend.video_embedding(fb), order_copies=copies, order_weight=1.0
+    )
+    loss["loss"].backward()
+    assert trend.trends.maps.grad.abs().sum() > 0  # the zero maps get a gradient: L_order can move them

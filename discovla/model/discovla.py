@@ -36,7 +36,7 @@ from discovla.errors import DiscoVLAError
 from discovla.losses import video_embedding
 from discovla.model.fusion import FusionLayer, fusion_block_forward
 from discovla.model.lora import install_lora
-from discovla.model.temporal import TemporalModule
+from discovla.model.temporal import TemporalModule, TrendPooling
 
 _LORA, _FUSION, _FRAMES = LoraParams(), FusionParams(), FramesParams()  # defaults: discovla/config.py
 _TEMPORAL = TemporalParams()
@@ -63,6 +63,7 @@ class DiscoVLAConfig:
     )  # order-aware extension (discovla.model.temporal), off: the paper
     temporal_width: int = _TEMPORAL.width
     temporal_layers: int = _TEMPORAL.layers
+    temporal_trends: int = _TEMPORAL.trends  # time trends pooled beside the mean (TrendPooling); 0: the paper
 
 
 class DiscoVLA(nn.Module):
@@ -86,6 +87,11 @@ class DiscoVLA(nn.Module):
                 clip.logit_scale.device
             )
             if cfg.temporal_module
+            else None
+        )
+        self.trends = (
+            TrendPooling(_embed_dim(clip), cfg.num_frames, cfg.temporal_trends).to(clip.logit_scale.device)
+            if cfg.temporal_trends
             else None
         )
         self._trainable = [n for n, p in self.named_parameters() if p.requires_grad]
@@ -235,7 +241,7 @@ class DiscoVLA(nn.Module):
     def order_blind(self) -> bool:
         """Whether a video and its time reversal get the same embedding by construction (the paper's model:
         no temporal module, no frame positions in the video-level attention)."""
-        return self.temporal is None and not self.cfg.temporal_position
+        return self.temporal is None and self.trends is None and not self.cfg.temporal_position
 
     def video_features(self, frame_feats: Tensor) -> Tensor:
         """``[B, F, E] -> [B, F, E]``: the frame features the video feature is pooled from (through the
@@ -243,8 +249,10 @@ class DiscoVLA(nn.Module):
         return frame_feats if self.temporal is None else self.temporal(frame_feats)
 
     def video_embedding(self, frame_feats: Tensor) -> Tensor:
-        """``[B, F, E] -> [B, E]`` = normalise(mean_f normalise(video_features(frame_feats)))."""
-        return video_embedding(self.video_features(frame_feats))
+        """``[B, F, E] -> [B, E]`` = normalise(mean_f normalise(video_features(frame_feats))), with time
+        trends beside the mean when ``temporal_trends`` is set (:class:`TrendPooling`)."""
+        feats = self.video_features(frame_feats)
+        return video_embedding(feats) if self.trends is None else self.trends(feats)
 
     @property
     def logit_scale(self) -> float:

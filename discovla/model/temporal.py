@@ -14,11 +14,17 @@ residual is scaled by each frame feature's own norm: the video embedding normali
 what counts is the residual's size relative to the frame (projected CLIP features have norms of about 8 for
 the tiny CLIP; an unscaled residual would need to grow 8x as large to change the same angle). Only the
 video-level path uses it: PImgAlign keeps matching pseudo captions with the frame features themselves.
+
+:class:`TrendPooling` (``temporal.trends``) changes the pooling instead: beside the mean of the normalised
+frame features, their time trends (slope, curvature, ...: orthonormal polynomials over frame positions), each
+through a zero-initialised linear map. The slope is antisymmetric in time by construction, so the time
+reversal of a video moves its embedding the opposite way.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -64,3 +70,44 @@ class TemporalModule(nn.Module):
         for block in self.blocks:
             z = block(z)
         return x + x.norm(dim=-1, keepdim=True) * self.up(z)
+
+
+def trend_basis(num_frames: int, trends: int) -> Tensor:
+    """``[trends, F]``: discrete orthonormal polynomials of degree 1..``trends`` over F evenly spaced frame
+    positions (orthogonal to the constant, i.e. to the mean), each with a positive last entry. Degree k has
+    parity (-1)^k under time reversal: the slope (k = 1) flips sign, the curvature (k = 2) does not."""
+    if not 0 < trends < num_frames:
+        raise ValueError(f"temporal.trends must be in 1..F-1 = {num_frames - 1}, got {trends}")
+    t = torch.linspace(-1.0, 1.0, num_frames, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.stack([t**k for k in range(trends + 1)], dim=1))
+    basis = q[:, 1:].t()
+    basis = basis * torch.sign(basis[:, -1:])
+    return basis.float()
+
+
+class TrendPooling(nn.Module):
+    """``[B, F, E] -> [B, E]``: the video embedding with time trends beside the mean of the frames::
+
+        n_f = normalise(x_f)
+        v = normalise(mean_f n_f + sum_k W_k (sum_f P_kf n_f))   # P: trend_basis; W_k zero-initialised
+
+    With ``W = 0`` this is the paper's video embedding exactly. The slope term is antisymmetric in time, so
+    a time-reversed video moves it by minus the same amount: whatever it learns about one direction of
+    change, it knows about the other (the temporal module has to learn that from data)."""
+
+    def __init__(self, dim: int, num_frames: int, trends: int = 1) -> None:
+        super().__init__()
+        self.num_frames = num_frames
+        self.register_buffer("basis", trend_basis(num_frames, trends), persistent=False)
+        self.maps = nn.Parameter(torch.zeros(trends, dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[1] != self.num_frames:
+            raise ValueError(
+                f"trend pooling was built for {self.num_frames} frames per video, got frame features "
+                f"of shape {tuple(x.shape)} (train and evaluate with the same frames.num_frames)"
+            )
+        n = F.normalize(x, dim=-1)
+        trends = torch.einsum("kf,bfe->bke", self.basis.to(n.dtype), n)
+        moved = torch.einsum("bke,kde->bd", trends, self.maps.to(n.dtype))
+        return F.normalize(n.mean(dim=1) + moved, dim=-1)
