@@ -20,7 +20,13 @@ beta:
 - ``order``: the same + time-reversed copies of each video as negatives for its captions (L_order, weight
   10: at weight 1 the order term stays at chance within the 500 steps of this recipe);
 - ``order_tokens``: ``order`` + frame positions on the keys of IVFusion's video-level attention
-  (``fusion.temporal_position``), so the copies are encoded again from their permuted pixels.
+  (``fusion.temporal_position``), so the copies are encoded again from their permuted pixels;
+- ``order_trend``: full DiscoVLA + the frames' time slope pooled beside their mean
+  (:class:`~discovla.model.temporal.TrendPooling`, ``temporal.trends: 1``) + L_order (weight 10): order
+  seen by an antisymmetric pooling instead of a module that must learn it;
+- ``order_trend_module``: ``order_trend`` over the temporal module's output;
+- ``order_trend_w3``: ``order_trend`` with L_order at weight 3 (the val-split search,
+  ``benchmarks/order_search.py``, kept retrieval recall at that weight).
 
 Any row with ``@eN`` appended trains N epochs instead of ``train.epochs`` (``order@e8``, ``beta=0.25@e8``):
 a longer schedule for one row, beside the same row at the table's length, in one table.
@@ -38,7 +44,9 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +56,14 @@ from discovla.evaluate import evaluate_model, rounded, validation_monitor, zeros
 from discovla.pipeline import train_config
 
 VARIANTS = ("zeroshot", "lora", "ivfusion", "pimgalign", "full", "full_detach", "full_mean")
-ORDER_VARIANTS = ("order_module", "order", "order_tokens")
+ORDER_VARIANTS = (
+    "order_module",
+    "order",
+    "order_tokens",
+    "order_trend",
+    "order_trend_module",
+    "order_trend_w3",
+)
 # per variant: (TrainConfig overrides, DiscoVLAConfig overrides); alpha = beta = 0 also drops the text-side
 # adapters, which could never receive a gradient (discovla.pipeline.train_config)
 OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -67,6 +82,13 @@ OVERRIDES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"order_weight": 10.0},
         {"fusion": True, "temporal_module": True, "temporal_position": True},
     ),
+    # the time slope of the frame features beside their mean (temporal.trends: 1), with and without the module
+    "order_trend": ({"order_weight": 10.0}, {"fusion": True, "temporal_trends": 1}),
+    "order_trend_module": (
+        {"order_weight": 10.0},
+        {"fusion": True, "temporal_module": True, "temporal_trends": 1},
+    ),
+    "order_trend_w3": ({"order_weight": 3.0}, {"fusion": True, "temporal_trends": 1}),
 }
 
 
@@ -96,6 +118,33 @@ def variant_config(params: Params, variant: str, seed: int, num_frames: int) -> 
     """The training config of one ablation row (everything else from params)."""
     train_over, model_over = _overrides(variant)
     return train_config(params, num_frames, model_overrides=model_over, seed=seed, **train_over)
+
+
+def device_label(device: Any) -> str:
+    """Where a run trained: the GPU's name (``NVIDIA H200``), or ``cpu (x86_64)``."""
+    import platform
+
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.machine()})"
+
+
+def as_recorded(cfg: Any, record: str | Path) -> Any:
+    """``cfg`` as it ran where ``record`` was made. A record names the device it trained on, and the
+    checkpoint key holds the device kind and precision as resolved there (``auto``: CUDA and bf16 on a GPU
+    machine, CPU and fp32 elsewhere). With ``device: auto`` (or the record's own kind) the key to check is
+    the one this config gets on that kind of device, so a table trained on a GPU is rebuilt from its records
+    on a CPU machine, and a record of another device kind or another config still never matches."""
+    import torch
+
+    from discovla.artifacts.ablation import recorded_device
+
+    name = recorded_device(record)
+    kind = "cpu" if name is None or name.startswith("cpu") else "cuda"
+    return replace(cfg, device=torch.device(kind)) if cfg.device in ("auto", kind) else cfg
 
 
 def summarise_metrics(m: dict[str, Any]) -> dict[str, float]:
@@ -147,14 +196,15 @@ def run_one(
     t0 = time.perf_counter()
     monitor = validation_monitor(features, ev.batch_size, ev.chunk_size)
     model, record = train(clip_factory(), features, cfg, ckpt_root, on_epoch=monitor, progress=False)
-    device = str(next(iter(model.trainable_parameters())).device)
-    res = evaluate_model(model, features, "test", ev.batch_size, ev.chunk_size, dsl=False, device=device)
+    device = next(iter(model.trainable_parameters())).device
+    res = evaluate_model(model, features, "test", ev.batch_size, ev.chunk_size, dsl=False, device=str(device))
     m: dict[str, Any] = summarise_metrics(res)
     m["seconds"] = round(time.perf_counter() - t0, 1)
     m["train_seconds"] = round(record["seconds"], 1)
     m["checkpoint_key"] = record["checkpoint_key"]
     m["resumed_from_epoch"] = record["resumed_from_epoch"]
     m["trainable_parameters"] = record["trainable_parameters"]
+    m["device"] = device_label(device)
     m["epochs"] = [rounded(e, 4) for e in record["epochs"]]
     return m
 
@@ -262,7 +312,8 @@ def run_ablation(
             if v == "zeroshot":
                 continue
             paths[v, s] = run_record_path(records, v, s)
-            key = run_key(variant_config(params, v, s, features.pixels.shape[1]), features, clip)
+            cfg = as_recorded(variant_config(params, v, s, features.pixels.shape[1]), paths[v, s])
+            key = run_key(cfg, features, clip)
             record = read_run_record(paths[v, s], key)
             if record is not None:
                 done[v, s] = record
@@ -275,8 +326,12 @@ def run_ablation(
             write_run_record(paths[v, s], m)
         log(f"[ablation] {v} seed {s}: {_brief(m)}")
 
-    # seed-major: every row has its first seed before any row has its second (a partial run is a table)
-    todo = sorted((j for j in jobs if (j[0], j[1]) not in done), key=lambda j: j[1])
+    # the longest runs first (a long run started last would finish alone on an idle pool), then seed-major:
+    # among runs of one length, every row has its first seed before any row has its second
+    def length(v: str) -> int:
+        return 0 if v == "zeroshot" else int(_overrides(v)[0].get("epochs", params.train.epochs))
+
+    todo = sorted((j for j in jobs if (j[0], j[1]) not in done), key=lambda j: (-length(j[0]), j[1]))
     if workers <= 1:
         for v, s, c in todo:
             finished(v, s, run_one(params, features, clip_factory, v, s, c))
@@ -296,7 +351,9 @@ def run_ablation(
     summary = {
         v: {k: _mean_std([r[k] for r in rs]) for k in rs[0] if k in METRICS} for v, rs in runs.items() if rs
     }
+    devices = Counter(r["device"] for rs in runs.values() for r in rs if "device" in r)
     return {
+        "devices": dict(sorted(devices.items())),
         "seeds": seeds,
         "epochs": params.train.epochs,
         "sampling": params.train.sampling,

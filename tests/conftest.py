@@ -13,15 +13,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def synthetic_features(n_train: int = 16, n_test: int = 6, frames: int = 4, size: int = 32, ctx: int = 32):
-    """A small, valid :class:`discovla.artifacts.features.Features` built from random numbers."""
+def synthetic_features(
+    n_train: int = 16, n_test: int = 6, frames: int = 4, size: int = 32, ctx: int = 32, n_val: int = 0
+):
+    """A small, valid :class:`discovla.artifacts.features.Features` built from random numbers (train, then
+    val, then test videos)."""
     from discovla.artifacts.features import Features
 
     rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)  # the same features whatever ran before
-    n = n_train + n_test
+    n = n_train + n_val + n_test
     ids = [f"v{i:03d}" for i in range(n)]
-    split = np.array(["train"] * n_train + ["test"] * n_test)
+    split = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
     dim = 64
 
     def tokens(shape: tuple[int, ...]) -> torch.Tensor:
@@ -43,8 +46,8 @@ def synthetic_features(n_train: int = 16, n_test: int = 6, frames: int = 4, size
     emb = torch.nn.functional.normalize(torch.randn(n, frames, dim, generator=gen), dim=-1)
     twins = pd.DataFrame(
         {
-            "video_id": [ids[n_train], ids[n_train + 1]],
-            "twin_id": [ids[n_train + 1], ids[n_train]],
+            "video_id": [ids[n_train + n_val], ids[n_train + n_val + 1]],
+            "twin_id": [ids[n_train + n_val + 1], ids[n_train + n_val]],
             "kind": ["order", "order"],
             "split": ["test", "test"],
         }

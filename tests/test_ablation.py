@@ -99,3 +99,54 @@ def test_records_resume_an_ablation_without_its_checkpoints(
     changed = run_ablation(PARAMS, features, tiny_clip_factory, ckpt_root=tmp_path / "c", **kw)
     assert (tmp_path / "c").exists()
     assert changed["runs"]["lora"][0]["checkpoint_key"] != first["runs"]["lora"][0]["checkpoint_key"]
+
+
+def test_a_record_made_on_a_gpu_builds_the_table_on_a_cpu(
+    features, tiny_clip_factory, tmp_path: Path
+) -> None:
+    """The checkpoint key holds the device kind as resolved where the run trained: a GPU record is checked
+    against the key this config gets on a GPU (``auto`` only), never taken for a CPU run's own key."""
+    import torch
+
+    from discovla.ablation import as_recorded
+    from discovla.artifacts.ablation import write_run_record
+    from discovla.train import run_key
+
+    auto = params_from_dict({**PARAMS.model_dump(), "train": {**PARAMS.train.model_dump(), "device": "auto"}})
+    cfg = variant_config(auto, "lora", 1, 4)
+    gpu, cpu = tmp_path / "gpu.json", tmp_path / "cpu.json"
+    write_run_record(gpu, {"device": "NVIDIA H200"})
+    write_run_record(cpu, {"device": "cpu (x86_64)"})
+    clip = tiny_clip_factory()
+    here = run_key(cfg, features, clip)
+    on_gpu = run_key(as_recorded(cfg, gpu), features, clip)
+    assert on_gpu == run_key(dataclasses.replace(cfg, device=torch.device("cuda")), features, clip)
+    assert on_gpu != here  # a GPU run (bf16 under auto) is another run than this CPU's
+    assert run_key(as_recorded(cfg, cpu), features, clip) == here
+    assert run_key(as_recorded(cfg, tmp_path / "absent.json"), features, clip) == here
+    explicit = variant_config(PARAMS, "lora", 1, 4)  # train.device: cpu never takes a GPU record
+    assert as_recorded(explicit, gpu) is explicit
+
+    # the ablation takes the GPU record (no training here) and counts its device in the table
+    records = tmp_path / "ablation_runs"
+    record = {
+        "t2v_R@1": 1.0,
+        "t2v_R@5": 2.0,
+        "v2t_R@1": 3.0,
+        "checkpoint_key": on_gpu,
+        "device": "NVIDIA H200",
+    }
+    write_run_record(run_record_path(records, "lora", 1), record)
+    out = run_ablation(
+        auto,
+        features,
+        tiny_clip_factory,
+        [1],
+        ["lora"],
+        tmp_path / "ckpt",
+        log=lambda _: None,
+        records=records,
+    )
+    assert not (tmp_path / "ckpt").exists() and out["runs"]["lora"] == [record]
+    assert out["devices"] == {"NVIDIA H200": 1}
+    assert "Trained on: NVIDIA H200 (1 run)." in markdown_table(out)

@@ -24,6 +24,10 @@ LABELS = {
     "order_module": "Order-aware: full DiscoVLA + temporal module",
     "order": "Order-aware: full DiscoVLA + temporal module + reversed negatives (weight 10)",
     "order_tokens": "Order-aware: + frame positions in IVFusion's video-level attention",
+    "order_trend": "Order-aware: full DiscoVLA + time slope pooling + reversed negatives (weight 10)",
+    "order_trend_w3": "Order-aware: full DiscoVLA + time slope pooling + reversed negatives (weight 3)",
+    "order_trend_module": "Order-aware: full DiscoVLA + temporal module + time slope pooling + reversed "
+    "negatives (weight 10)",
 }
 
 
@@ -64,6 +68,10 @@ def markdown_table(result: dict[str, Any]) -> str:
             else:
                 cells.append(f"{m[k]['mean']:.1f}")
         lines.append(f"| {label(v)} | " + " | ".join(cells) + " |")
+    devices = result.get("devices") or {}
+    if devices:
+        where = ", ".join(f"{name} ({n} run{'s' * (n != 1)})" for name, n in sorted(devices.items()))
+        lines += ["", f"Trained on: {where}."]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +128,13 @@ def read_run_record(path: str | Path, checkpoint_key: str) -> dict[str, Any] | N
         return None
     record = read_json(path)
     return record if record.get("checkpoint_key") == checkpoint_key else None
+
+
+def recorded_device(path: str | Path) -> str | None:
+    """The device a recorded run trained on (``NVIDIA H200``, ``cpu (x86_64)``), None when the record is
+    absent or predates the field (those runs trained on a CPU)."""
+    path = Path(path)
+    return read_json(path).get("device") if path.exists() else None
 
 
 def write_run_record(path: str | Path, record: dict[str, Any]) -> None:

@@ -100,9 +100,9 @@ def ablate(
     variants: str = typer.Option(
         "zeroshot,lora,ivfusion,pimgalign,full,full_detach,full_mean,order_module,order",
         help="Comma-separated ablation rows: zeroshot, lora, ivfusion, pimgalign, full, full_detach, "
-        "full_mean, order_module, order, order_tokens (order-aware extensions), or beta=X (full DiscoVLA "
-        "with fusion.beta X, a point of the beta sweep); any of them with @eN appended trains N epochs "
-        "instead of train.epochs (order@e8).",
+        "full_mean, order_module, order, order_tokens, order_trend, order_trend_module, order_trend_w3 "
+        "(order-aware extensions), or beta=X (full DiscoVLA with fusion.beta X, a point of the beta "
+        "sweep); any of them with @eN appended trains N epochs instead of train.epochs (order@e8).",
     ),
     params_file: str = typer.Option("params.yaml", help="Parameters (train/fusion/lora/model/evaluate)."),
     features_dir: str = typer.Option("data/features", help="Feature cache written by the features stage."),
