@@ -22,15 +22,13 @@ from typing import Any
 import torch
 import typer
 
-from discovla.ablation import variant_config
-from discovla.artifacts.adapters import checkpoint_root, latest_checkpoint, read_checkpoint
+from discovla.ablation import finished_run
+from discovla.artifacts.adapters import checkpoint_root
 from discovla.artifacts.features import Features, load_features
 from discovla.backbone import load_backbone
 from discovla.config import Params, load_params
 from discovla.evaluate import evaluate_model
 from discovla.io import write_json
-from discovla.model import DiscoVLA
-from discovla.train import run_key
 
 SPLITS = ("train", "test")
 
@@ -57,21 +55,7 @@ def evaluate_runs(
     """Per seed: the finished run's checkpoint key and its order numbers on each split of ``SPLITS``."""
     runs = []
     for seed in seeds:
-        clip = clip_factory()
-        cfg = variant_config(params, variant, seed, features.pixels.shape[1])
-        key = run_key(cfg, features, clip)
-        ckpt = latest_checkpoint(Path(ckpt_root) / key)
-        if ckpt is None or ckpt.name != f"epoch-{cfg.epochs:03d}":
-            raise SystemExit(
-                f"{variant} seed {seed} has not finished training (checkpoint key {key}, last checkpoint "
-                f"{ckpt}): run `discovla ablate --variants {variant} --seeds {seed}` first"
-            )
-        model = DiscoVLA(clip, cfg.model)
-        tensors, _ = read_checkpoint(ckpt)
-        model.load_adapter_state_dict(
-            {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
-        )
-        model.eval()
+        model, key = finished_run(params, features, clip_factory(), variant, seed, ckpt_root)
         row: dict[str, Any] = {"seed": seed, "checkpoint_key": key}
         for split in SPLITS:
             res = evaluate_model(model, features, split, batch_size, params.evaluate.chunk_size, dsl=False)

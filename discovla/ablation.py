@@ -209,6 +209,32 @@ def run_one(
     return m
 
 
+def finished_run(
+    params: Params, features: Features, clip: Any, variant: str, seed: int, ckpt_root: str | Path
+) -> tuple[Any, str]:
+    """The trained model of a finished run of ``variant`` (``seed``) on ``clip``, read back from its last
+    checkpoint under ``ckpt_root`` in eval mode, and its checkpoint key. Nothing is trained: a run that has
+    not finished is a SystemExit naming the command that trains it."""
+    from discovla.artifacts.adapters import latest_checkpoint, read_checkpoint
+    from discovla.model import DiscoVLA
+    from discovla.train import run_key
+
+    cfg = variant_config(params, variant, seed, features.pixels.shape[1])
+    key = run_key(cfg, features, clip)
+    ckpt = latest_checkpoint(Path(ckpt_root) / key)
+    if ckpt is None or ckpt.name != f"epoch-{cfg.epochs:03d}":
+        raise SystemExit(
+            f"{variant} seed {seed} has not finished training (checkpoint key {key}, last checkpoint "
+            f"{ckpt}): run `discovla ablate --variants {variant} --seeds {seed}` first"
+        )
+    model = DiscoVLA(clip, cfg.model)
+    tensors, _ = read_checkpoint(ckpt)
+    model.load_adapter_state_dict(
+        {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    )
+    return model.eval(), key
+
+
 _WORKER: dict[str, Any] = {}
 
 
