@@ -12,12 +12,14 @@ trained on the train split only, tell a caption's video from the same video reve
 video's frames to a vector ``h``, a caption scores ``t . h``, and the loss is the logistic loss on
 ``t . h(video) - t . h(reversed)`` (L_order with the reversal as its one negative). The reversal test of
 each probe is reported on the train split and on the val split (all captions, and the order-stating ones);
-the test split is never read, and nothing of the pipeline is trained.
+the test split is never read, and nothing of the pipeline is trained. A video's reversal is its frames'
+encodings in reverse order, which is the reversed video's encoding for every encoder that does not see
+frame positions (tested in tests/test_order.py); a run with ``fusion.temporal_position`` is refused.
 
 Probes (``E``: embedding width, ``F``: frames, ``P``: grid cells):
 
-- ``cls_slope``: ``W . sum_f b_f x_f``, the CLS embeddings' time slope through one E x E map: what
-  ``temporal.trends: 1`` can express;
+- ``cls_slope``: ``W . sum_f b_f x_f``, the CLS embeddings' time slope through one E x E map: close to
+  what ``temporal.trends: 1`` adds (which takes the slope of the normalised frame features);
 - ``cls_linear``: one linear map of all F CLS embeddings (any linear filter over time);
 - ``cls_mlp``: a two-layer MLP over all F CLS embeddings;
 - ``patch_slope``: the time slope of each grid cell's token, all cells through one linear map;
@@ -121,6 +123,17 @@ def encode_split(
     CLS embedding and its last block's patch tokens pooled to ``grid`` x ``grid`` and projected alike, and
     each caption's pooled embedding and every token's output of the text tower."""
     visual = model.clip.visual
+    if (
+        model.cfg.temporal_position
+    ):  # the reversal below flips the encodings: only for order-equivariant encoders
+        raise SystemExit(
+            "order_probe reads a video's reversal as its frames' encodings reversed; with "
+            "fusion.temporal_position the encoder sees frame positions, so that is not the reversed video"
+        )
+    if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
+        raise SystemExit(
+            "order_probe reads the patch tokens of a CLS-pooled vision tower (ln_post before pool)"
+        )
     pool = visual._pool
     kept: list[Tensor] = []
 
@@ -141,6 +154,8 @@ def encode_split(
             (tokens,) = kept
             n, p, w = tokens.shape
             side = int(round(p**0.5))
+            if side * side != p:
+                raise SystemExit(f"order_probe needs a square patch grid, the tower has {p} patch tokens")
             maps = tokens.transpose(1, 2).reshape(n, w, side, side)
             cells = F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2)  # [N, grid^2, W]
             if visual.proj is not None:
@@ -155,10 +170,11 @@ def encode_split(
 
     def keeping_text(x: Tensor, pos: Tensor) -> Tensor:  # every token's output, projected like the EOT
         after = torch.arange(x.shape[1])[None, :] > pos[:, None]
-        tokens = model.clip.ln_final(x).masked_fill(after[..., None], 0.0)
+        tokens = model.clip.ln_final(x)
         proj = model.clip.text_projection
         if proj is not None:
             tokens = proj(tokens) if isinstance(proj, nn.Linear) else tokens @ proj
+        tokens = tokens.masked_fill(after[..., None], 0.0)
         states.append(F.pad(tokens.float(), (0, 0, 0, ids.shape[1] - x.shape[1])))
         return head(x, pos)
 
@@ -298,9 +314,9 @@ def run_probes(
     on train and report its reversal test on both splits."""
     if variant:
         model, key = finished_run(params, features, clip, variant, seed, ckpt_root)
-    else:  # zero-initialised adapters: exactly the frozen CLIP (tests/test_order.py)
+    else:  # LoRA only, zero-initialised: exactly the frozen CLIP (IVFusion would already mix the frames)
         model, key = (
-            DiscoVLA(clip, variant_config(params, "full", seed, features.num_frames).model).eval(),
+            DiscoVLA(clip, variant_config(params, "lora", seed, features.num_frames).model).eval(),
             None,
         )
     t0 = time.perf_counter()

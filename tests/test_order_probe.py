@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discovla.ablation import run_one
+from discovla.ablation import run_one, variant_config
 from discovla.evaluate import evaluate_model
+from discovla.model import DiscoVLA
 from tests.test_ablation import PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,3 +103,28 @@ def test_encodings_and_the_runs_own_reversal_test_are_the_pipelines(
     ours = bench.model_reversal(model, val)
     theirs = evaluate_model(model, features, "val", 8, 16, dsl=False)["reversal"]
     assert ours["all"] == pytest.approx(theirs["all"], abs=1e-3)  # evaluate rounds to 3 digits
+
+
+def test_grid_cells_are_the_towers_patch_tokens_by_place(tiny_clip_factory) -> None:
+    """Against open_clip's own patch tokens (a frozen model: zero-initialised adapters), each 2 x 2 cell is
+    the projected mean of its quadrant's patches, patches numbered row by row; a model that sees frame
+    positions is refused (its reversal is not its encodings reversed)."""
+    from tests.conftest import synthetic_features
+
+    features = synthetic_features(n_train=4, n_test=2, n_val=3)
+    model = DiscoVLA(tiny_clip_factory(), variant_config(PARAMS, "lora", 1, features.num_frames).model).eval()
+    val = bench.encode_split(model, features, "val", grid=2, batch_size=8)
+    pixels = features.pixels[features.split_videos("val")].flatten(0, 1).float()
+    visual = model.clip.visual
+    visual.output_tokens = True
+    with torch.no_grad():
+        _, tokens = visual(bench.normalise(pixels, features.meta["mean"], features.meta["std"]))
+    side = int(round(tokens.shape[1] ** 0.5))
+    rows, cols = torch.arange(side * side) // side, torch.arange(side * side) % side
+    quadrant = (rows >= side // 2).long() * 2 + (cols >= side // 2).long()
+    want = torch.stack([tokens[:, quadrant == q].mean(1) for q in range(4)], dim=1) @ visual.proj
+    assert torch.allclose(val.grid.flatten(0, 1), want, atol=1e-5)
+
+    tokens_cfg = variant_config(PARAMS, "order_tokens", 1, features.num_frames).model
+    with pytest.raises(SystemExit, match="temporal_position"):
+        bench.encode_split(DiscoVLA(tiny_clip_factory(), tokens_cfg), features, "val", grid=2)
