@@ -207,14 +207,14 @@ class Probe(nn.Module):
             raise ValueError(f"unknown probe {kind!r}: one of {', '.join(PROBES)}")
         self.kind = kind
         self.register_buffer("slope", trend_basis(frames, 1)[0])  # [F], orthonormal, antisymmetric in time
-        width = {"cls_slope": dim, "cls_linear": frames * dim, "cls_mlp": frames * dim}.get(kind)
-        if kind == "patch_slope":
-            width = cells * dim
-        if kind.startswith("cls_mlp"):
-            width = frames * dim
-        if kind.startswith("patch_mlp"):
-            width = frames * cells * dim
-        assert width is not None
+        # what the video side reads: CLS slope [E], all CLS [F*E], grid slope [P*E], all grids [F*P*E]
+        width = {
+            "cls_slope": dim,
+            "cls_linear": frames * dim,
+            "cls_mlp": frames * dim,
+            "patch_slope": cells * dim,
+            "patch_mlp": frames * cells * dim,
+        }[kind.removesuffix("_text").removesuffix("_ngram").removesuffix("_tokens")]
         if "mlp" in kind:
             self.video: nn.Module = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, dim))
         else:
